@@ -5,6 +5,7 @@
 pub mod client;
 pub mod error;
 pub mod model;
+pub mod ready;
 pub mod watch;
 
 pub use client::{Client, ClientOptions, DEFAULT_BASE_URL, Response};
