@@ -1,0 +1,30 @@
+//! gce-accounts: local users and their SSH keys from GCE metadata (SPEC §2).
+//!
+//! The library is split so that everything deciding *what* should happen is pure
+//! and testable without root:
+//!
+//! - [`names`]: which user names are acceptable, and which accounts are reserved.
+//! - [`keys`]: parsing `USER:KEY` lines, options, blobs and `google-ssh` expiry.
+//! - [`desired`]: metadata snapshot + clock → the keys each user should have.
+//! - [`authorized_keys`]: the `# Added by Google` file format, shared with Google's agents.
+//! - [`state`]: what the daemon remembers (created vs adopted, installed lines).
+//! - [`plan`]: desired + state + local accounts → ordered actions.
+//!
+//! Applying a plan (useradd, gpasswd, file writes) lives elsewhere, at the edge.
+
+mod b64;
+mod sha256;
+
+pub mod authorized_keys;
+pub mod desired;
+pub mod keys;
+pub mod names;
+pub mod plan;
+pub mod state;
+
+pub use authorized_keys::{ExpiryOption, MARKER};
+pub use desired::{Desired, KeySource, Rejected, desired_keys};
+pub use keys::{AuthorizedKey, KeyEntry, KeyError, LineError, ParsedLine, parse_ssh_keys};
+pub use names::{NameError, validate_username};
+pub use plan::{Action, LocalUser, LocalUsers, Plan, PlanConfig, plan};
+pub use state::{Origin, State, StateError, UserState};

@@ -1,0 +1,224 @@
+//! The diff between what metadata wants ([`Desired`]), what we remember
+//! ([`State`]) and what the system has ([`LocalUsers`]): an ordered list of
+//! actions for the applier.
+//!
+//! Incremental by construction: a user whose installed lines equal the desired
+//! ones and who is already in the sudoers group gets no action at all, so a
+//! restart or an unrelated metadata change touches nobody.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use crate::authorized_keys::{ExpiryOption, key_line};
+use crate::desired::Desired;
+use crate::names::{DEFAULT_UID_MIN, is_reserved, validate_username};
+use crate::state::{Origin, State};
+
+/// An account as the passwd database has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    pub shell: String,
+}
+
+/// Read access to local accounts (NSS in the daemon, a map in tests).
+pub trait LocalUsers {
+    fn lookup(&self, name: &str) -> Option<LocalUser>;
+}
+
+impl LocalUsers for BTreeMap<String, LocalUser> {
+    fn lookup(&self, name: &str) -> Option<LocalUser> {
+        self.get(name).cloned()
+    }
+}
+
+impl LocalUsers for HashMap<String, LocalUser> {
+    fn lookup(&self, name: &str) -> Option<LocalUser> {
+        self.get(name).cloned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// `userdel -r` users we created when they leave metadata.
+    pub deprovision_remove: bool,
+    /// Accounts with a uid below this are system accounts (login.defs `UID_MIN`).
+    pub uid_min: u32,
+    /// System accounts (or root) the administrator explicitly lets us manage.
+    pub allowed_system_users: Vec<String>,
+    /// How managed lines carry the expiry for sshd itself.
+    pub expiry: ExpiryOption,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig {
+            deprovision_remove: false,
+            uid_min: DEFAULT_UID_MIN,
+            allowed_system_users: Vec::new(),
+            expiry: ExpiryOption::None,
+        }
+    }
+}
+
+/// One step for the applier. After each success the applier calls
+/// [`State::record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `useradd` (the user is desired and does not exist).
+    CreateUser {
+        user: String,
+    },
+    /// Start managing an account that already existed; it will never be deleted.
+    Adopt {
+        user: String,
+    },
+    AddToSudoers {
+        user: String,
+    },
+    /// Make the managed lines of the user's authorized_keys exactly `lines`
+    /// (without markers), keeping the user's own lines. Empty = remove ours.
+    WriteKeys {
+        user: String,
+        lines: Vec<String>,
+    },
+    RemoveFromSudoers {
+        user: String,
+    },
+    /// `userdel -r`: only for users we created, with `deprovision_remove`.
+    DeleteUser {
+        user: String,
+    },
+    /// Drop the user from the state file.
+    Forget {
+        user: String,
+    },
+}
+
+impl Action {
+    pub fn user(&self) -> &str {
+        match self {
+            Action::CreateUser { user }
+            | Action::Adopt { user }
+            | Action::AddToSudoers { user }
+            | Action::WriteKeys { user, .. }
+            | Action::RemoveFromSudoers { user }
+            | Action::DeleteUser { user }
+            | Action::Forget { user } => user,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// In user order; within a user, in the order they must run.
+    pub actions: Vec<Action>,
+    /// Users left alone (or given no keys), with the reason, for one warning each.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Shells that cannot log in: such users get no keys (and no sudo).
+fn is_nologin(shell: &str) -> bool {
+    shell.ends_with("nologin") || shell.ends_with("/false")
+}
+
+fn reserved_reason(user: &LocalUser, cfg: &PlanConfig) -> String {
+    if user.uid == 0 {
+        "uid 0 (superuser); not managed unless allow-listed".to_string()
+    } else {
+        format!(
+            "system account (uid {} < UID_MIN {}); not managed unless allow-listed",
+            user.uid, cfg.uid_min
+        )
+    }
+}
+
+/// Computes the actions that bring the machine to `desired`. Deterministic:
+/// users are visited in name order.
+pub fn plan(desired: &Desired, state: &State, local: &dyn LocalUsers, cfg: &PlanConfig) -> Plan {
+    let mut out = Plan::default();
+    if desired.oslogin {
+        // OS Login owns access: stand down, remove nothing.
+        return out;
+    }
+    let names: BTreeSet<&String> = desired.users.keys().chain(state.users.keys()).collect();
+    for name in names {
+        let user = name.clone();
+        if let Err(e) = validate_username(name) {
+            // Only reachable through a hand-edited state file: stop tracking it.
+            out.refused.push((user.clone(), e.to_string()));
+            if state.users.contains_key(name) {
+                out.actions.push(Action::Forget { user });
+            }
+            continue;
+        }
+        let account = local.lookup(name);
+        let reserved = account.as_ref().is_some_and(|a| {
+            is_reserved(name, Some(a.uid), cfg.uid_min, &cfg.allowed_system_users)
+        });
+        let remembered = state.users.get(name);
+
+        match (desired.users.get(name), remembered) {
+            (Some(entries), _) => {
+                let mut lines: Vec<String> =
+                    entries.iter().map(|e| key_line(e, cfg.expiry)).collect();
+                let Some(account) = account else {
+                    // New, or vanished since (deleted by someone, or creation failed).
+                    out.actions.push(Action::CreateUser { user: user.clone() });
+                    out.actions
+                        .push(Action::AddToSudoers { user: user.clone() });
+                    out.actions.push(Action::WriteKeys { user, lines });
+                    continue;
+                };
+                if reserved {
+                    out.refused.push((user, reserved_reason(&account, cfg)));
+                    continue;
+                }
+                let can_login = !is_nologin(&account.shell);
+                if !can_login {
+                    out.refused.push((
+                        user.clone(),
+                        format!(
+                            "login shell {} cannot log in; no keys installed",
+                            account.shell
+                        ),
+                    ));
+                    lines.clear();
+                }
+                let (in_sudoers, installed) = match remembered {
+                    Some(s) => (s.in_sudoers, s.keys.as_slice()),
+                    None => {
+                        out.actions.push(Action::Adopt { user: user.clone() });
+                        // Unknown content: Google's agent may have left managed lines.
+                        (false, &[][..])
+                    }
+                };
+                if can_login && !in_sudoers {
+                    out.actions
+                        .push(Action::AddToSudoers { user: user.clone() });
+                }
+                if remembered.is_none() || installed != lines.as_slice() {
+                    out.actions.push(Action::WriteKeys { user, lines });
+                }
+            }
+            (None, Some(remembered)) => {
+                if account.is_some() {
+                    out.actions.push(Action::WriteKeys {
+                        user: user.clone(),
+                        lines: Vec::new(),
+                    });
+                    out.actions
+                        .push(Action::RemoveFromSudoers { user: user.clone() });
+                    if cfg.deprovision_remove && remembered.origin == Origin::Created && !reserved {
+                        out.actions.push(Action::DeleteUser { user: user.clone() });
+                    }
+                }
+                out.actions.push(Action::Forget { user });
+            }
+            (None, None) => unreachable!("name comes from desired or state"),
+        }
+    }
+    out
+}
