@@ -1,0 +1,258 @@
+//! End-to-end test support. A test calls [`sandbox`] first: outside, it re-runs the same test in
+//! a child process under `unshare --mount --net` and reports the child's verdict; inside, it
+//! builds a private world — a copy of `/etc` (passwd, shadow, group, gshadow, sudoers.d …), empty
+//! `/home`, `/run`, `/var/lib/google`, loopback up — and lets the test body run there. Real
+//! useradd, sshd and routes then act on the copies, never on the host.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const INNER: &str = "GCE_TESTKIT_INNER";
+
+/// Whether this process may build sandboxes (root, with `unshare` available).
+pub fn can_sandbox() -> bool {
+    nix_is_root() && Path::new("/usr/bin/unshare").exists()
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Returns `true` in the sandboxed child (the test body should run), `false` in the parent once
+/// the child passed (the test is done). Panics in the parent when the child failed. When the
+/// machine cannot sandbox (not root), prints why and returns `false`: the caller skips.
+pub fn sandbox(test_name: &str) -> bool {
+    if std::env::var_os(INNER).is_some() {
+        setup_inside().expect("sandbox setup failed");
+        return true;
+    }
+    if !can_sandbox() {
+        eprintln!("SKIPPED {test_name}: needs root and unshare to build a private namespace");
+        return false;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ])
+        .arg(exe)
+        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .env(INNER, "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- sandboxed run of {test_name} ---\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "sandboxed test {test_name} failed: {}",
+        out.status
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "sandboxed run did not execute {test_name}"
+    );
+    false
+}
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+fn setup_inside() -> Result<(), String> {
+    sh(&["mount", "--make-rprivate", "/"])?;
+    // Stage the private /etc in a tmpfs, then bind it over /etc: useradd renames files inside
+    // /etc, which fails on bind-mounted single files, so the whole directory is replaced.
+    let stage = "/tmp/.gce-testkit-stage";
+    std::fs::create_dir_all(stage).map_err(|e| e.to_string())?;
+    sh(&["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", stage])?;
+    sh(&["cp", "-a", "/etc", &format!("{stage}/etc")])?;
+    sh(&["mount", "--bind", &format!("{stage}/etc"), "/etc"])?;
+    for dir in ["/home", "/run", "/var/lib/google", "/tmp"] {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let mode = if dir == "/tmp" {
+            "mode=1777"
+        } else {
+            "mode=0755"
+        };
+        sh(&["mount", "-t", "tmpfs", "-o", mode, "tmpfs", dir])?;
+    }
+    std::fs::create_dir_all("/run/sshd").map_err(|e| e.to_string())?;
+    sh(&["ip", "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// A private temporary directory (inside the sandbox's /tmp).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A real OpenSSH server on 127.0.0.1, killed on drop.
+pub struct Sshd {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Sshd {
+    /// Starts sshd with public-key authentication only. `extra` lines are appended to its
+    /// config (e.g. an `AuthorizedKeysCommand`).
+    pub fn start(extra: &str) -> Sshd {
+        let dir = temp_dir("sshd");
+        let port = free_port();
+        let hostkey = dir.join("hostkey");
+        sh(&[
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            hostkey.to_str().unwrap(),
+        ])
+        .expect("host key");
+        let cfg = dir.join("sshd_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile none\nUsePAM no\nStrictModes yes\n\
+                 PermitRootLogin no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\nAuthorizedKeysFile .ssh/authorized_keys\nLogLevel VERBOSE\n\
+                 MaxStartups 100\nMaxAuthTries 20\n{extra}\n",
+                hostkey.display()
+            ),
+        )
+        .expect("sshd config");
+        let log = std::fs::File::create(dir.join("sshd.log")).expect("log");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start: {}",
+                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Sshd { port, dir, child }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Tries `ssh user@127.0.0.1 cmd` with the private key `key`; returns the output.
+    pub fn login(&self, user: &str, key: &Path, cmd: &str) -> Output {
+        Command::new("ssh")
+            .arg("-i")
+            .arg(key)
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=5",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ssh")
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh ed25519 key pair in `dir`: (private key path, public key line).
+pub fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(key.with_extension("pub"));
+    sh(&[
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        name,
+        "-f",
+        key.to_str().unwrap(),
+    ])
+    .expect("keygen");
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("read pub");
+    (key, public.trim().to_string())
+}
+
+/// Polls `f` every 2 ms until it returns true or `timeout` passes; returns the time it took.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
