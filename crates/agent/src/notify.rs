@@ -1,0 +1,158 @@
+//! systemd readiness and watchdog notifications (`Type=notify`, `WatchdogSec=`).
+//!
+//! Every call is a no-op without `NOTIFY_SOCKET`, and failures are logged at debug only: a
+//! daemon must keep working when started by hand, in a container, or under another init.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::task::JoinHandle;
+
+fn send(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!("sd_notify failed: {e}");
+    }
+}
+
+/// `READY=1`: initial setup is done (config loaded, first snapshot applied or attempted).
+pub fn ready() {
+    send(&[NotifyState::Ready]);
+}
+
+/// `STATUS=…`: one line shown by `systemctl status`.
+pub fn status(text: &str) {
+    send(&[NotifyState::Status(text)]);
+}
+
+/// `STOPPING=1`: shutdown has begun.
+pub fn stopping() {
+    send(&[NotifyState::Stopping]);
+}
+
+/// `RELOADING=1` plus the `MONOTONIC_USEC` systemd ≥ 253 requires with it; send [`ready`] when
+/// the reload is done.
+pub fn reloading() {
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(e) => {
+            tracing::debug!("reading CLOCK_MONOTONIC failed: {e}");
+            send(&[NotifyState::Reloading]);
+        }
+    }
+}
+
+/// The watchdog period, if systemd asked for one (`WATCHDOG_USEC`, for our pid).
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled()
+}
+
+/// When the watchdog is enabled, spawn a task on the current tokio runtime that sends
+/// `WATCHDOG=1` every half period (systemd's recommendation) and return its handle.
+///
+/// This proves only that the runtime is alive, not that the poll loop makes progress; daemons
+/// that want the stronger guarantee should ping from their loop instead.
+pub fn spawn_watchdog() -> Option<JoinHandle<()>> {
+    let period = watchdog_interval()?;
+    let every = (period / 2).max(Duration::from_millis(1));
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            send(&[NotifyState::Watchdog]);
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    fn recv(sock: &UnixDatagram) -> String {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("datagram");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[test]
+    fn notifications_reach_notify_socket() {
+        let _env = crate::test_env_lock();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        // SAFETY: env mutation is serialized by the test env lock.
+        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+        ready();
+        status("x");
+        stopping();
+        reloading();
+        let got = [recv(&sock), recv(&sock), recv(&sock), recv(&sock)];
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        assert_eq!(got[0], "READY=1\n");
+        assert_eq!(got[1], "STATUS=x\n");
+        assert_eq!(got[2], "STOPPING=1\n");
+        assert!(
+            got[3].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+            "{}",
+            got[3]
+        );
+        // Without the socket nothing happens and nothing fails.
+        ready();
+    }
+
+    #[tokio::test]
+    async fn watchdog_pings_at_half_period() {
+        let _env = crate::test_env_lock();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind");
+        sock.set_nonblocking(true).expect("nonblocking");
+        unsafe {
+            std::env::set_var("NOTIFY_SOCKET", &path);
+            std::env::set_var("WATCHDOG_USEC", "200000");
+            std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
+        }
+        let handle = spawn_watchdog();
+        let started = std::time::Instant::now();
+        // The first ping is immediate, the second at 100 ms.
+        let mut pings = 0;
+        while pings < 2 && started.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut buf = [0u8; 64];
+            while let Ok(n) = sock.recv(&mut buf) {
+                assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+                pings += 1;
+            }
+        }
+        let elapsed = started.elapsed();
+        unsafe {
+            std::env::remove_var("NOTIFY_SOCKET");
+            std::env::remove_var("WATCHDOG_USEC");
+            std::env::remove_var("WATCHDOG_PID");
+        }
+        let handle = handle.expect("watchdog enabled");
+        handle.abort();
+        assert_eq!(pings, 2);
+        assert!(elapsed < Duration::from_millis(400), "{elapsed:?}");
+        assert!(spawn_watchdog().is_none());
+    }
+
+    #[test]
+    fn watchdog_for_another_pid_is_ignored() {
+        let _env = crate::test_env_lock();
+        unsafe {
+            std::env::set_var("WATCHDOG_USEC", "200000");
+            std::env::set_var("WATCHDOG_PID", "1");
+        }
+        let got = watchdog_interval();
+        unsafe {
+            std::env::remove_var("WATCHDOG_USEC");
+            std::env::remove_var("WATCHDOG_PID");
+        }
+        // pid 1 is never the test process (unless the test runs as init, which it does not).
+        assert_eq!(got, None);
+    }
+}
