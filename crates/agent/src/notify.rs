@@ -103,41 +103,49 @@ mod tests {
         ready();
     }
 
-    #[tokio::test]
-    async fn watchdog_pings_at_half_period() {
+    #[test]
+    fn watchdog_pings_at_half_period() {
+        // A sync test with its own runtime, so the (std) env lock is not held across an await
+        // of a runtime shared with other tests.
         let _env = crate::test_env_lock();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&path).expect("bind");
-        sock.set_nonblocking(true).expect("nonblocking");
+        // SAFETY: env mutation is serialized by the test env lock.
         unsafe {
             std::env::set_var("NOTIFY_SOCKET", &path);
             std::env::set_var("WATCHDOG_USEC", "200000");
             std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
         }
-        let handle = spawn_watchdog();
-        let started = std::time::Instant::now();
-        // The first ping is immediate, the second at 100 ms.
-        let mut pings = 0;
-        while pings < 2 && started.elapsed() < Duration::from_secs(2) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let mut buf = [0u8; 64];
-            while let Ok(n) = sock.recv(&mut buf) {
-                assert_eq!(&buf[..n], b"WATCHDOG=1\n");
-                pings += 1;
-            }
-        }
-        let elapsed = started.elapsed();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let enabled = rt.block_on(async {
+            let Some(handle) = spawn_watchdog() else {
+                return false;
+            };
+            // The first ping is immediate, the second after half the 200 ms period.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            handle.abort();
+            true
+        });
         unsafe {
             std::env::remove_var("NOTIFY_SOCKET");
             std::env::remove_var("WATCHDOG_USEC");
             std::env::remove_var("WATCHDOG_PID");
         }
-        let handle = handle.expect("watchdog enabled");
-        handle.abort();
-        assert_eq!(pings, 2);
-        assert!(elapsed < Duration::from_millis(400), "{elapsed:?}");
-        assert!(spawn_watchdog().is_none());
+        assert!(enabled, "watchdog not enabled");
+        let mut pings = Vec::new();
+        sock.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 64];
+        while let Ok(n) = sock.recv(&mut buf) {
+            pings.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        // Two expected (0 ms and 100 ms); a third is possible if this machine is very loaded.
+        assert!(pings.len() >= 2, "{pings:?}");
+        assert!(pings.iter().all(|p| p == "WATCHDOG=1\n"), "{pings:?}");
+        assert_eq!(watchdog_interval(), None);
     }
 
     #[test]
