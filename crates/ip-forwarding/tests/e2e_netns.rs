@@ -348,3 +348,52 @@ fn e2e_metadata_outage_keeps_routes_and_self_healing() {
         wait_routes(&nl, &["10.1.2.3/32 dev eth0"], Duration::from_secs(1)).await;
     });
 }
+
+#[test]
+fn e2e_daemon_binary_once_applies_one_snapshot_and_exits() {
+    if !can_run("e2e_daemon_binary_once_applies_one_snapshot_and_exits") {
+        return;
+    }
+    in_netns(|| async {
+        add_nic("eth0", MAC0);
+        let emu = Emulator::with_default_doc()
+            .start("127.0.0.1:0")
+            .await
+            .unwrap();
+        emu.handle().set(
+            &format!("{NIC0}/forwardedIps"),
+            json!(["10.1.2.3", "1.1.1.a"]),
+        );
+        let dir = std::env::temp_dir().join(format!("ipfwd-once-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("instance_configs.cfg"),
+            "[IpForwarding]\nethernet_proto_id = 77\n",
+        )
+        .unwrap();
+        // The child inherits this thread's network namespace.
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gce-ip-forwarding-daemon"))
+            .env("GCE_METADATA_HOST", emu.metadata_host())
+            .env_remove("NOTIFY_SOCKET")
+            .arg("--once")
+            .arg("--config")
+            .arg(dir.join("instance_configs.cfg"))
+            .arg("--lock-file")
+            .arg(dir.join("lock"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The emulator runs on this thread's runtime: wait without blocking it.
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "daemon failed: {log}");
+        let shown = ip(&["route", "show", "table", "local", "proto", "77"]);
+        assert_eq!(shown.trim(), "local 10.1.2.3 dev eth0 scope host", "{log}");
+        assert!(log.contains("10.1.2.3"), "one line per route added:\n{log}");
+        assert!(log.contains("1.1.1.a"), "invalid address warned:\n{log}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
