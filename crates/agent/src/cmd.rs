@@ -340,7 +340,8 @@ mod tests {
         let started = Instant::now();
         let err = run(
             &argv(&["sh", "-c", &script]),
-            &RunOpts::with_timeout(Duration::from_millis(200)),
+            // Long enough for sh to write the pid file even on a loaded machine.
+            &RunOpts::with_timeout(Duration::from_millis(500)),
         )
         .await
         .expect_err("timeout");
