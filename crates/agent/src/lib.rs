@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod daemon;
 pub mod fs;
 pub mod lock;
 pub mod logging;
