@@ -100,7 +100,8 @@ mod tests {
     #[test]
     fn url_forms_of_spec_5() {
         let ep = "http://127.0.0.1:9/";
-        let rows: &[(&str, Result<(&str, bool), ()>)] = &[
+        type Row = (&'static str, Result<(&'static str, bool), ()>);
+        let rows: &[Row] = &[
             (
                 "gs://bkt/dir/obj.sh",
                 Ok(("http://127.0.0.1:9/bkt/dir/obj.sh", true)),

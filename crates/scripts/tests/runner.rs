@@ -9,10 +9,13 @@ use gce_metadata_emulator::{Emulator, EmulatorHandle, RunningEmulator};
 use gce_scripts::{Event, Origin, RunnerOptions, ScriptKind, Sink, Termination};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+type Request = (String, Option<String>);
+
 /// Serves `files` (path → (status, body)) and records `(path, Authorization)` of each request.
 struct FileServer {
     url: String,
-    requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    /// `(path, Authorization header)` of each request.
+    requests: Arc<Mutex<Vec<Request>>>,
 }
 
 impl FileServer {
