@@ -139,6 +139,29 @@ pub fn parse_openssh_version(version: &str) -> Option<(u32, u32)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
+/// True when the installed OpenSSH knows the `expiry-time=` option at all. An
+/// sshd that does not know an option refuses the whole key line, so writing it
+/// to an older sshd would lock the user out. The option dates from OpenSSH 7.7's
+/// authorized_keys option rewrite; 8.2 is used as a conservative floor.
+pub fn openssh_supports_expiry_time(version: &str) -> bool {
+    parse_openssh_version(version).is_some_and(|v| v >= (8, 2))
+}
+
+impl ExpiryOption {
+    /// The richest form the installed OpenSSH understands: UTC with `Z` from 9.1,
+    /// local time (in `local`, the offset in force at the expiry) before that,
+    /// nothing when the version is unknown or too old.
+    pub fn for_openssh(version: &str, local: FixedOffset) -> ExpiryOption {
+        if openssh_supports_utc_expiry(version) {
+            ExpiryOption::Utc
+        } else if openssh_supports_expiry_time(version) {
+            ExpiryOption::LocalTime(local)
+        } else {
+            ExpiryOption::None
+        }
+    }
+}
+
 /// True when the installed OpenSSH reads `expiry-time="…Z"` as UTC (≥ 9.1).
 /// Unknown versions answer false: the caller then writes local time or nothing.
 pub fn openssh_supports_utc_expiry(version: &str) -> bool {

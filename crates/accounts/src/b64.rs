@@ -21,7 +21,7 @@ pub(crate) fn decode(s: &str) -> Result<Vec<u8>, &'static str> {
     if b.is_empty() {
         return Err("empty");
     }
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err("length is not a multiple of 4");
     }
     let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
