@@ -188,6 +188,14 @@ mod tests {
         std::fs::copy("/bin/sleep", &fake).unwrap();
         let mut child = std::process::Command::new(&fake).arg("10").spawn().unwrap();
         std::fs::write(&pidfile, child.id().to_string()).unwrap();
+        // Between fork and exec the child still carries our name.
+        let comm = format!("/proc/{}/comm", child.id());
+        for _ in 0..200 {
+            if std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "chronyd") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let running = clock.chrony_running().await;
         child.kill().unwrap();
         child.wait().unwrap();

@@ -82,13 +82,14 @@ pub struct Report {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot read {what} from the metadata server: {source}")]
+    // The cause is part of the message (not a `source`), so `{:#}` does not print it twice.
+    #[error("cannot read {what} from the metadata server: {error}")]
     Metadata {
         what: &'static str,
-        source: gce_metadata::Error,
+        error: gce_metadata::Error,
     },
-    #[error("cannot create a private directory under {}: {source}", dir.display())]
-    RunDir { dir: PathBuf, source: nix::Error },
+    #[error("cannot create a private directory under {}: {error}", dir.display())]
+    RunDir { dir: PathBuf, error: nix::Error },
     #[error("{0}")]
     Setup(String),
 }
@@ -206,7 +207,7 @@ async fn attributes(
                 tracing::warn!("reading {what} failed (try {attempt}), retrying in {wait:?}: {e}");
                 tokio::time::sleep(wait).await;
             }
-            Err(source) => return Err(RunError::Metadata { what, source }),
+            Err(error) => return Err(RunError::Metadata { what, error }),
         }
     }
 }
@@ -221,8 +222,5 @@ fn private_dir(kind: ScriptKind, parent: Option<&Path>) -> Result<PathBuf, RunEr
         None => std::env::temp_dir(),
     };
     let template = parent.join(format!("gce-{kind}-scripts.XXXXXX"));
-    nix::unistd::mkdtemp(&template).map_err(|source| RunError::RunDir {
-        dir: parent,
-        source,
-    })
+    nix::unistd::mkdtemp(&template).map_err(|error| RunError::RunDir { dir: parent, error })
 }

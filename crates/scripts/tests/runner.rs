@@ -480,3 +480,21 @@ async fn unreachable_metadata_is_an_error() {
     let err = gce_scripts::run(client, &opts, None).await.unwrap_err();
     assert!(err.to_string().contains("instance attributes"), "{err}");
 }
+
+#[tokio::test]
+async fn https_downloads_go_through_curl() {
+    let f = fixture().await;
+    // Nothing listens there, so curl itself reports the failure (this build has no TLS in
+    // reqwest; https is curl's job).
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    f.md.set_instance_attribute("startup-script-url", &format!("https://{closed}/x.sh"));
+    let (_, lines) = f
+        .run(&f.opts(ScriptKind::Startup, "http://127.0.0.1:9"))
+        .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("curl failed"), "{lines:?}");
+}
