@@ -10,16 +10,25 @@
 //! - [`state`]: what the daemon remembers (created vs adopted, installed lines).
 //! - [`plan`]: desired + state + local accounts → ordered actions.
 //!
-//! Applying a plan (useradd, gpasswd, file writes) lives elsewhere, at the edge.
+//! At the edge, with effects:
+//!
+//! - [`passwd`]: local account lookups (cached /etc/passwd, NSS fallback).
+//! - [`home`]: symlink-safe, atomic authorized_keys writes.
+//! - [`cache`]: the root-owned key cache read by `gce-authorized-keys`.
+//! - [`reconcile`]: runs plans (useradd, gpasswd, writes), expiry timer, ready markers.
 
 mod b64;
 mod sha256;
 
 pub mod authorized_keys;
+pub mod cache;
 pub mod desired;
+pub mod home;
 pub mod keys;
 pub mod names;
+pub mod passwd;
 pub mod plan;
+pub mod reconcile;
 pub mod state;
 
 pub use authorized_keys::{ExpiryOption, MARKER};

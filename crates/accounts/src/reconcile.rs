@@ -1,0 +1,674 @@
+//! The accounts daemon's effects: turn a plan into useradd/gpasswd runs and authorized_keys
+//! writes, remember what was done, keep the AuthorizedKeysCommand cache and the guest-attribute
+//! ready markers current, and wake itself at the next key expiry so an expired key is gone on the
+//! second — with no metadata change and with the metadata server unreachable.
+
+use crate::authorized_keys::{ExpiryOption, key_line};
+use crate::cache;
+use crate::desired::{Desired, desired_keys};
+use crate::home::{self, HomeError, Outcome};
+use crate::keys::{KeyEntry, parse_authorized_key};
+use crate::passwd::{Nss, group_exists, uid_min};
+use crate::plan::{Action, LocalUsers, PlanConfig, plan};
+use crate::state::State;
+use chrono::{DateTime, Utc};
+use gce_agent::cmd::{self, RunOpts};
+use gce_agent::config::{self, Config};
+use gce_agent::daemon::Service;
+use gce_agent::fs::{self as afs, WriteOpts};
+use gce_agent::msgid;
+use gce_metadata::model::attribute_is_true;
+use gce_metadata::{Client, Root, Snapshot, ready};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// Where the daemon keeps and publishes things; every path is an argument so tests and packagers
+/// can move them.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state: PathBuf,
+    /// Google's list of managed users, kept in step so either agent can take over.
+    pub google_users: PathBuf,
+    pub cache_dir: PathBuf,
+    pub sudoers: PathBuf,
+    pub login_defs: PathBuf,
+    pub passwd: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            state: "/var/lib/google/gce-accounts-state.json".into(),
+            google_users: "/var/lib/google/google_users".into(),
+            cache_dir: cache::DEFAULT_DIR.into(),
+            sudoers: "/etc/sudoers.d/google_sudoers".into(),
+            login_defs: "/etc/login.defs".into(),
+            passwd: "/etc/passwd".into(),
+        }
+    }
+}
+
+const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+pub struct Accounts {
+    cfg: config::Accounts,
+    paths: Paths,
+    plan_cfg: PlanConfig,
+    client: Client,
+    nss: Nss,
+    state: State,
+    last: Option<Snapshot<Root>>,
+    /// Messages already logged, so a refusal is said once, not every cycle.
+    warned: HashSet<String>,
+    next_expiry: Option<DateTime<Utc>>,
+    retry_at: Option<tokio::time::Instant>,
+    expiry_checked: bool,
+    sudoers_ready: bool,
+    cache_written: BTreeMap<String, String>,
+    cache_complete: bool,
+    published: BTreeMap<String, String>,
+    published_etag: String,
+}
+
+impl Accounts {
+    pub fn new(config: &Config, client: Client, paths: Paths) -> Accounts {
+        let state = load_state(&paths);
+        let plan_cfg = PlanConfig {
+            deprovision_remove: config.accounts.deprovision_remove,
+            uid_min: uid_min(&paths.login_defs),
+            allowed_system_users: config.accounts.allowed_system_users.clone(),
+            expiry: ExpiryOption::None,
+        };
+        Accounts {
+            cfg: config.accounts.clone(),
+            nss: Nss::new(&paths.passwd),
+            paths,
+            plan_cfg,
+            client,
+            state,
+            last: None,
+            warned: HashSet::new(),
+            next_expiry: None,
+            retry_at: None,
+            expiry_checked: false,
+            sudoers_ready: false,
+            cache_written: BTreeMap::new(),
+            cache_complete: false,
+            published: BTreeMap::new(),
+            published_etag: String::new(),
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn warn_once(&mut self, key: String, msg: impl FnOnce()) {
+        if self.warned.insert(key) {
+            msg();
+        }
+    }
+
+    /// Bring the machine in line with the last snapshot at the current time.
+    pub async fn reconcile(&mut self) -> anyhow::Result<String> {
+        let Some(snap) = self.last.clone() else {
+            return Ok("waiting for metadata".into());
+        };
+        let root = &snap.value;
+        let now = Utc::now();
+        let desired = desired_keys(&root.instance.attributes, &root.project.attributes, now);
+        self.next_expiry = desired.next_expiry;
+        if desired.oslogin {
+            self.warn_once("oslogin".into(), || {
+                info!("OS Login is enabled: metadata SSH keys are not managed")
+            });
+            return Ok("OS Login enabled; standing down".into());
+        }
+        self.warned.remove("oslogin");
+        self.report_rejected(&desired);
+        if !self.expiry_checked {
+            self.plan_cfg.expiry = detect_expiry_option().await;
+            self.expiry_checked = true;
+        }
+        if !self.sudoers_ready {
+            self.sudoers_ready = self.ensure_sudoers().await;
+        }
+
+        let plan = plan(&desired, &self.state, &self.nss, &self.plan_cfg);
+        for (user, reason) in &plan.refused {
+            let (u, r) = (user.clone(), reason.clone());
+            self.warn_once(
+                format!("refused:{user}:{reason}"),
+                || warn!(USER = %u, "not managing user {u}: {r}"),
+            );
+        }
+
+        // Write-ahead: creations are recorded before useradd runs, in one state write, so a crash
+        // after useradd can never make our user look adopted (and an adopted one never looks
+        // created: only names that do not exist yet get here).
+        let creating: Vec<&Action> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::CreateUser { .. }))
+            .collect();
+        if !creating.is_empty() {
+            for a in &creating {
+                self.state.record(a);
+            }
+            self.save_state();
+        }
+
+        let mut changed = !creating.is_empty();
+        let mut i = 0;
+        while i < plan.actions.len() {
+            let user = plan.actions[i].user().to_string();
+            let mut group: Vec<Action> = Vec::new();
+            while i < plan.actions.len() && plan.actions[i].user() == user {
+                group.push(plan.actions[i].clone());
+                i += 1;
+            }
+            // Keys first: login works as soon as the file is there; sudo follows.
+            group.sort_by_key(priority);
+            changed |= self.apply_user(&user, &group).await;
+        }
+        if changed {
+            self.save_state();
+        }
+        self.update_cache(&desired);
+        self.publish(&desired, root, &snap.etag).await;
+
+        let keys: usize = self.state.users.values().map(|u| u.keys.len()).sum();
+        let mut status = format!("{} users, {keys} keys managed", self.state.users.len());
+        if let Some(t) = self.next_expiry {
+            status.push_str(&format!("; next expiry {}", t.format("%Y-%m-%dT%H:%M:%SZ")));
+        }
+        Ok(status)
+    }
+
+    fn report_rejected(&mut self, desired: &Desired) {
+        for r in &desired.rejected {
+            let text = r.to_string();
+            self.warn_once(format!("rejected:{text}"), || {
+                warn!("ignoring ssh-keys entry: {text}")
+            });
+        }
+    }
+
+    /// Runs one user's actions; returns whether the state changed.
+    async fn apply_user(&mut self, user: &str, actions: &[Action]) -> bool {
+        let mut changed = false;
+        let mut created_now = false;
+        for action in actions {
+            let ok = match action {
+                Action::CreateUser { .. } => match self
+                    .run_template(&self.cfg.useradd_cmd.clone(), &[("user", user)])
+                    .await
+                {
+                    Ok(()) => {
+                        info!(USER = %user, MESSAGE_ID = msgid::USER_CREATED, "created user {user}");
+                        created_now = true;
+                        true
+                    }
+                    Err(e) => {
+                        let n = self.state.record_create_failure(user);
+                        let delay = Duration::from_secs(1u64 << n.min(8)).min(RETRY_MAX);
+                        let at = tokio::time::Instant::now() + delay;
+                        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+                        warn!(USER = %user, "creating user {user} failed (attempt {n}, retry in {delay:?}): {e}");
+                        return true;
+                    }
+                },
+                Action::Adopt { .. } => {
+                    info!(USER = %user, "managing keys of existing user {user} (adopted: never deleted)");
+                    true
+                }
+                Action::WriteKeys { lines, .. } => self.write_keys(user, lines),
+                Action::AddToSudoers { .. } => {
+                    if created_now {
+                        let mut groups: Vec<String> = self
+                            .cfg
+                            .groups
+                            .iter()
+                            .filter(|g| group_exists(g))
+                            .cloned()
+                            .collect();
+                        groups.push(self.cfg.sudoers_group.clone());
+                        let groups = groups.join(",");
+                        self.run_logged(
+                            &self.cfg.usermod_cmd.clone(),
+                            &[("user", user), ("groups", &groups)],
+                        )
+                        .await
+                    } else {
+                        let g = self.cfg.sudoers_group.clone();
+                        self.run_logged(
+                            &self.cfg.gpasswd_add_cmd.clone(),
+                            &[("user", user), ("group", &g)],
+                        )
+                        .await
+                    }
+                }
+                Action::RemoveFromSudoers { .. } => {
+                    let g = self.cfg.sudoers_group.clone();
+                    if is_member(user, &g) {
+                        self.run_logged(
+                            &self.cfg.gpasswd_remove_cmd.clone(),
+                            &[("user", user), ("group", &g)],
+                        )
+                        .await
+                    } else {
+                        true
+                    }
+                }
+                Action::DeleteUser { .. } => {
+                    let ok = self
+                        .run_logged(&self.cfg.userdel_cmd.clone(), &[("user", user)])
+                        .await;
+                    if ok {
+                        info!(USER = %user, MESSAGE_ID = msgid::USER_REMOVED, "deleted user {user} (created by this agent, deprovision_remove=true)");
+                    }
+                    ok
+                }
+                Action::Forget { .. } => {
+                    info!(USER = %user, "user {user} left metadata; no longer managed");
+                    true
+                }
+            };
+            if ok {
+                self.state.record(action);
+                changed = true;
+            } else if matches!(action, Action::WriteKeys { .. } | Action::DeleteUser { .. }) {
+                // Keep the user in the state so the step is tried again; skip the rest.
+                break;
+            }
+        }
+        changed
+    }
+
+    fn write_keys(&mut self, user: &str, lines: &[String]) -> bool {
+        let Some(local) = self.nss.lookup(user) else {
+            self.warn_once(
+                format!("nouser:{user}"),
+                || warn!(USER = %user, "user {user} does not exist; keys not written"),
+            );
+            return false;
+        };
+        match home::write_keys(user, &local, lines) {
+            Ok(outcome) => {
+                let old: Vec<String> = self
+                    .state
+                    .users
+                    .get(user)
+                    .map(|u| u.keys.clone())
+                    .unwrap_or_default();
+                if outcome != Outcome::Unchanged {
+                    log_key_changes(user, &old, lines);
+                }
+                self.warned
+                    .retain(|w| !w.starts_with(&format!("home:{user}:")));
+                true
+            }
+            Err(e @ HomeError::Refused { .. }) => {
+                let msg = e.to_string();
+                self.warn_once(
+                    format!("home:{user}:{msg}"),
+                    || warn!(USER = %user, "{msg}; keys not written"),
+                );
+                false
+            }
+            Err(e) => {
+                error!(USER = %user, "writing authorized_keys failed: {e}");
+                false
+            }
+        }
+    }
+
+    async fn run_template(
+        &self,
+        template: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<(), cmd::CmdError> {
+        let argv = config::expand_command(template, vars);
+        cmd::run(&argv, &RunOpts::with_timeout(CMD_TIMEOUT))
+            .await
+            .map(|_| ())
+    }
+
+    async fn run_logged(&self, template: &str, vars: &[(&str, &str)]) -> bool {
+        match self.run_template(template, vars).await {
+            Ok(()) => true,
+            Err(e) => {
+                error!("{e}");
+                false
+            }
+        }
+    }
+
+    /// The sudoers group and `/etc/sudoers.d/google_sudoers` (0440), created once.
+    async fn ensure_sudoers(&mut self) -> bool {
+        let g = self.cfg.sudoers_group.clone();
+        if !group_exists(&g)
+            && !self
+                .run_logged(&self.cfg.groupadd_cmd.clone(), &[("group", &g)])
+                .await
+        {
+            return false;
+        }
+        let Some(dir) = self.paths.sudoers.parent() else {
+            return true;
+        };
+        if !dir.is_dir() {
+            debug!("{} does not exist; sudo rule not installed", dir.display());
+            return true;
+        }
+        let want = format!("%{g} ALL=(ALL:ALL) NOPASSWD:ALL\n");
+        let have = afs::read_nofollow(&self.paths.sudoers, 4096).ok().flatten();
+        if have.as_deref() != Some(want.as_bytes()) {
+            if let Err(e) = afs::write_atomic(
+                &self.paths.sudoers,
+                want.as_bytes(),
+                &WriteOpts::new(0o440).owner(0, 0),
+            ) {
+                error!("writing {}: {e}", self.paths.sudoers.display());
+                return false;
+            }
+        }
+        true
+    }
+
+    fn save_state(&self) {
+        let opts = WriteOpts::new(0o600).owner(0, 0);
+        if let Some(dir) = self.paths.state.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = afs::write_atomic(&self.paths.state, &self.state.to_bytes(), &opts) {
+            error!("saving {}: {e}", self.paths.state.display());
+        }
+        let mut names = String::new();
+        for u in self.state.users.keys() {
+            names.push_str(u);
+            names.push('\n');
+        }
+        if let Err(e) = afs::write_atomic(
+            &self.paths.google_users,
+            names.as_bytes(),
+            &WriteOpts::new(0o600).owner(0, 0),
+        ) {
+            debug!("saving {}: {e}", self.paths.google_users.display());
+        }
+    }
+
+    /// The AuthorizedKeysCommand cache: a file per managed user with keys.
+    fn update_cache(&mut self, desired: &Desired) {
+        let mut want: BTreeMap<String, String> = BTreeMap::new();
+        for (user, us) in &self.state.users {
+            if us.keys.is_empty() {
+                continue;
+            }
+            let Some(entries) = desired.users.get(user) else {
+                continue;
+            };
+            let pairs: Vec<(&KeyEntry, String)> = entries
+                .iter()
+                .map(|e| (e, key_line(e, self.plan_cfg.expiry)))
+                .collect();
+            want.insert(user.clone(), cache::render(&pairs));
+        }
+        if want == self.cache_written && self.cache_complete {
+            return;
+        }
+        let dir = self.paths.cache_dir.clone();
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            self.warn_once("cache-dir".into(), || {
+                error!("cannot create {}: {e}", dir.display())
+            });
+            return;
+        }
+        let dfd = match afs::open_dir_nofollow(&dir) {
+            Ok(fd) => fd,
+            Err(e) => {
+                error!("cache directory {}: {e}", dir.display());
+                return;
+            }
+        };
+        let opts = WriteOpts::new(0o644).owner(0, 0);
+        let mut ok = true;
+        for (user, text) in &want {
+            if self.cache_written.get(user) != Some(text) || !self.cache_complete {
+                if let Err(e) = afs::write_atomic_at(dfd.as_fd(), user, text.as_bytes(), &opts) {
+                    error!(USER = %user, "cache write failed: {e}");
+                    ok = false;
+                }
+            }
+        }
+        // Remove files of users who no longer have keys (including leftovers of a past run).
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for ent in rd.flatten() {
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') && !want.contains_key(&name) {
+                    let _ = afs::remove_at(dfd.as_fd(), &name);
+                }
+            }
+        }
+        if ok && !self.cache_complete {
+            ok = afs::write_atomic_at(dfd.as_fd(), cache::COMPLETE, b"", &opts).is_ok();
+        }
+        self.cache_complete = ok;
+        self.cache_written = want;
+    }
+
+    /// Ready markers for clients (gce-ssh), when guest attributes are enabled.
+    async fn publish(&mut self, desired: &Desired, root: &Root, etag: &str) {
+        let inst = &root.instance.attributes;
+        let key = "enable-guest-attributes";
+        let enabled = match inst.get(key) {
+            Some(v) => attribute_is_true(Some(v)),
+            None => attribute_is_true(root.project.attributes.get(key)),
+        };
+        if !enabled {
+            return;
+        }
+        let now = Utc::now();
+        let mut want: BTreeMap<String, String> = BTreeMap::new();
+        for (user, us) in &self.state.users {
+            if us.keys.is_empty() {
+                continue;
+            }
+            let fps: Vec<String> = desired
+                .users
+                .get(user)
+                .map(|es| {
+                    es.iter()
+                        .filter(|e| !e.is_expired(now))
+                        .map(|e| e.key.fingerprint())
+                        .collect()
+                })
+                .unwrap_or_default();
+            want.insert(user.clone(), ready::encode(&fps));
+        }
+        let mut failed = None;
+        for (user, value) in &want {
+            if self.published.get(user) != Some(value) {
+                match self
+                    .client
+                    .put_guest_attribute(ready::NAMESPACE, &ready::user_key(user), value)
+                    .await
+                {
+                    Ok(()) => {
+                        self.published.insert(user.clone(), value.clone());
+                    }
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .published
+            .keys()
+            .filter(|u| !want.contains_key(*u))
+            .cloned()
+            .collect();
+        for user in gone {
+            match self
+                .client
+                .delete_guest_attribute(ready::NAMESPACE, &ready::user_key(&user))
+                .await
+            {
+                Ok(()) => {
+                    self.published.remove(&user);
+                }
+                Err(e) => failed = Some(e.to_string()),
+            }
+        }
+        if failed.is_none() && self.published_etag != etag {
+            match self
+                .client
+                .put_guest_attribute(ready::NAMESPACE, ready::ETAG_KEY, etag)
+                .await
+            {
+                Ok(()) => self.published_etag = etag.to_string(),
+                Err(e) => failed = Some(e.to_string()),
+            }
+        }
+        match failed {
+            Some(e) => self.warn_once("publish".into(), || {
+                warn!("publishing ready markers as guest attributes failed: {e}")
+            }),
+            None => {
+                self.warned.remove("publish");
+            }
+        }
+    }
+}
+
+fn priority(a: &Action) -> u8 {
+    match a {
+        Action::CreateUser { .. } | Action::Adopt { .. } => 0,
+        Action::WriteKeys { .. } => 1,
+        Action::AddToSudoers { .. } => 2,
+        Action::RemoveFromSudoers { .. } => 3,
+        Action::DeleteUser { .. } => 4,
+        Action::Forget { .. } => 5,
+    }
+}
+
+fn is_member(user: &str, group: &str) -> bool {
+    matches!(nix::unistd::Group::from_name(group), Ok(Some(g)) if g.mem.iter().any(|m| m == user))
+}
+
+fn log_key_changes(user: &str, old: &[String], new: &[String]) {
+    let old_set: BTreeSet<&String> = old.iter().collect();
+    let new_set: BTreeSet<&String> = new.iter().collect();
+    let fp = |l: &str| {
+        parse_authorized_key(l)
+            .map(|k| k.fingerprint())
+            .unwrap_or_else(|_| "?".into())
+    };
+    for l in new_set.difference(&old_set) {
+        info!(USER = %user, KEY_FINGERPRINT = %fp(l), MESSAGE_ID = msgid::KEY_ADDED, "key added for {user}");
+    }
+    for l in old_set.difference(&new_set) {
+        info!(USER = %user, KEY_FINGERPRINT = %fp(l), MESSAGE_ID = msgid::KEY_REMOVED, "key removed for {user}");
+    }
+}
+
+fn load_state(paths: &Paths) -> State {
+    match afs::read_nofollow(&paths.state, 64 << 20) {
+        Ok(Some(bytes)) => match State::parse(&bytes) {
+            Ok(s) => return s,
+            Err(e) => {
+                let aside = paths.state.with_extension("corrupt");
+                let _ = std::fs::rename(&paths.state, &aside);
+                error!(
+                    "state file {} is unreadable ({e}); moved to {}; users from google_users are treated as adopted",
+                    paths.state.display(),
+                    aside.display()
+                );
+            }
+        },
+        Ok(None) => {}
+        Err(e) => error!("state file {}: {e}", paths.state.display()),
+    }
+    match std::fs::read_to_string(&paths.google_users) {
+        Ok(text) => {
+            let s = State::from_google_users_file(&text);
+            if !s.users.is_empty() {
+                info!(
+                    "taking over {} user(s) listed in {} as adopted",
+                    s.users.len(),
+                    paths.google_users.display()
+                );
+            }
+            s
+        }
+        Err(_) => State::default(),
+    }
+}
+
+/// Which `expiry-time=` form the installed OpenSSH reads: with `Z` from 9.1, local time from 7.7
+/// (when the option appeared), none before (an unknown option would void the whole key line).
+pub async fn detect_expiry_option() -> ExpiryOption {
+    let argv = vec!["ssh".to_string(), "-V".to_string()];
+    let out = match cmd::run_status(&argv, &RunOpts::with_timeout(Duration::from_secs(5))).await {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => {
+            warn!("cannot tell the OpenSSH version ({e}); not writing expiry-time= options");
+            return ExpiryOption::None;
+        }
+    };
+    ExpiryOption::for_openssh(&out, *chrono::Local::now().offset())
+}
+
+impl Service for Accounts {
+    type Snapshot = Root;
+
+    fn watch_path(&self) -> String {
+        String::new()
+    }
+
+    async fn apply(&mut self, snap: &Snapshot<Root>) -> anyhow::Result<String> {
+        self.last = Some(snap.clone());
+        self.reconcile().await
+    }
+
+    async fn wakeup(&mut self) {
+        let expiry = self.next_expiry.map(|t| {
+            // Expired means now > expireOn: wake 1 ms after it.
+            let ms = (t - Utc::now()).num_milliseconds() + 1;
+            tokio::time::Instant::now() + Duration::from_millis(ms.max(0) as u64)
+        });
+        let at = match (expiry, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn on_wakeup(&mut self) -> anyhow::Result<Option<String>> {
+        if self
+            .retry_at
+            .is_some_and(|r| r <= tokio::time::Instant::now())
+        {
+            self.retry_at = None;
+        }
+        self.reconcile().await.map(Some)
+    }
+
+    async fn reload(&mut self, config: &Config) {
+        self.cfg = config.accounts.clone();
+        self.plan_cfg.deprovision_remove = config.accounts.deprovision_remove;
+        self.plan_cfg.allowed_system_users = config.accounts.allowed_system_users.clone();
+        self.sudoers_ready = false;
+        self.warned.clear();
+    }
+}
