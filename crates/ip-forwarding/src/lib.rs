@@ -4,11 +4,13 @@
 //!
 //! - [`plan`]: the pure rules (address validation, MAC matching, diff);
 //! - [`netlink`]: the kernel edge (rtnetlink) and the change events that drive self-healing;
-//! - [`reconcile`]: the [`Forwarder`] that ties them to the last good snapshot.
+//! - [`reconcile`]: the [`Forwarder`] that ties them to the last good snapshot; it implements
+//!   `gce_agent::daemon::Service`, so the binary is the shared daemon loop around it.
 
 pub mod netlink;
 pub mod plan;
 pub mod reconcile;
+mod service;
 
 pub use netlink::{Error, Netlink};
 pub use plan::{Link, Options, Prefix, Route};
