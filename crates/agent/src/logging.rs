@@ -72,8 +72,31 @@ pub fn build_filter(level: &str, rust_log: Option<&str>) -> (Targets, Vec<String
         warnings.push(format!("unknown log level {level:?}; using info"));
         LevelFilter::INFO
     });
-    (Targets::new().with_default(default), warnings)
+    // The level speaks of our own crates; the HTTP and netlink libraries below us would drown a
+    // debug log in connection-pool chatter, so they stay at warn unless RUST_LOG asks for them.
+    let ours = Targets::new().with_default(default.min(LevelFilter::WARN));
+    let ours = OUR_CRATES
+        .iter()
+        .fold(ours, |t, c| t.with_target(*c, default));
+    (ours, warnings)
 }
+
+/// Crates whose events follow the configured level (binaries log under their crate's target).
+const OUR_CRATES: &[&str] = &[
+    "gce_metadata",
+    "gce_agent",
+    "gce_accounts",
+    "gce_accounts_daemon",
+    "gce_authorized_keys",
+    "gce_clock_skew",
+    "gce_clock_skew_daemon",
+    "gce_ip_forwarding",
+    "gce_ip_forwarding_daemon",
+    "gce_scripts",
+    "gce_metadata_script_runner",
+    "gce_metadata_emulator",
+    "gce_ssh",
+];
 
 /// True when stderr is connected to the journal and the journal socket exists.
 fn journal_available() -> bool {
@@ -171,10 +194,14 @@ mod tests {
         assert_eq!(parse_level("WARNING"), Some(LevelFilter::WARN));
         assert_eq!(parse_level(" debug "), Some(LevelFilter::DEBUG));
         let (t, w) = build_filter("loud", None);
-        assert_eq!(t.default_level(), Some(LevelFilter::INFO));
+        assert!(t.would_enable("gce_accounts", &tracing::Level::INFO));
+        assert!(!t.would_enable("gce_accounts", &tracing::Level::DEBUG));
         assert_eq!(w.len(), 1);
         let (t, w) = build_filter("trace", None);
-        assert_eq!(t.default_level(), Some(LevelFilter::TRACE));
+        assert!(t.would_enable("gce_agent::daemon", &tracing::Level::TRACE));
+        // Libraries below us stay at warn unless RUST_LOG asks for them.
+        assert!(!t.would_enable("hyper_util::client", &tracing::Level::DEBUG));
+        assert!(t.would_enable("hyper_util::client", &tracing::Level::WARN));
         assert!(w.is_empty());
     }
 
@@ -187,8 +214,8 @@ mod tests {
         assert!(!t.would_enable("gce_other", &tracing::Level::INFO));
         let (t, w) = build_filter("debug", Some("=!bad[")); // not a directive
         assert_eq!(w.len(), 1, "{w:?}");
-        assert_eq!(t.default_level(), Some(LevelFilter::DEBUG));
+        assert!(t.would_enable("gce_metadata", &tracing::Level::DEBUG));
         let (t, _) = build_filter("debug", Some("  "));
-        assert_eq!(t.default_level(), Some(LevelFilter::DEBUG));
+        assert!(t.would_enable("gce_metadata", &tracing::Level::DEBUG));
     }
 }

@@ -1,0 +1,532 @@
+//! gce-accounts-daemon end to end: the real daemon binary, the real useradd/gpasswd/userdel, a
+//! real sshd and real ssh logins, each test inside its own private mount+net+pid namespace (a
+//! copy of /etc, empty /home and /run), against the metadata emulator.
+
+use gce_metadata_emulator::{Emulator, RunningEmulator};
+use gce_testkit::{Sshd, keypair, sandbox, temp_dir, wait_until};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_gce-accounts-daemon");
+const AKC: &str = env!("CARGO_BIN_EXE_gce-authorized-keys");
+
+struct World {
+    rt: tokio::runtime::Runtime,
+    emu: Option<RunningEmulator>,
+    host: String,
+    dir: PathBuf,
+    daemon: Option<Child>,
+    config: String,
+}
+
+impl World {
+    fn new(config: &str) -> World {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emu = rt
+            .block_on(Emulator::with_default_doc().start("127.0.0.1:0"))
+            .unwrap();
+        let host = emu.metadata_host();
+        let dir = temp_dir("world");
+        let mut w = World {
+            rt,
+            emu: Some(emu),
+            host,
+            dir,
+            daemon: None,
+            config: config.to_string(),
+        };
+        w.start_daemon();
+        w
+    }
+
+    fn emu(&self) -> &RunningEmulator {
+        self.emu.as_ref().expect("emulator running")
+    }
+
+    fn start_daemon(&mut self) {
+        let cfg = self.dir.join("instance_configs.cfg");
+        std::fs::write(&cfg, &self.config).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(DAEMON)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--lock-file")
+            .arg(self.dir.join("daemon.lock"))
+            .arg("-v")
+            .env("GCE_METADATA_HOST", &self.host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+    }
+
+    fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn set_keys(&self, value: &str) {
+        self.emu()
+            .handle()
+            .set_instance_attribute("ssh-keys", value);
+    }
+
+    fn stop_emulator(&mut self) {
+        if let Some(emu) = self.emu.take() {
+            self.rt.block_on(emu.shutdown());
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.kill_daemon();
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", self.log());
+        }
+    }
+}
+
+fn ak_path(user: &str) -> PathBuf {
+    PathBuf::from(format!("/home/{user}/.ssh/authorized_keys"))
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn user_exists(user: &str) -> bool {
+    Command::new("getent")
+        .args(["passwd", user])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn blob(public: &str) -> &str {
+    public.split_whitespace().nth(1).unwrap()
+}
+
+fn expiring(user: &str, public: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{user}:ssh-ed25519 {} google-ssh {{\"userName\":\"{user}@example.com\",\"expireOn\":\"{}\"}}",
+        blob(public),
+        at.format("%Y-%m-%dT%H:%M:%S+0000")
+    )
+}
+
+fn login_ok(sshd: &Sshd, user: &str, key: &Path) -> bool {
+    let out = sshd.login(user, key, "id -un");
+    String::from_utf8_lossy(&out.stdout).trim() == user
+}
+
+#[test]
+fn e2e_push_login_sudo_then_removal_keeps_the_users_own_lines() {
+    if !sandbox("e2e_push_login_sudo_then_removal_keeps_the_users_own_lines") {
+        return;
+    }
+    let w = World::new("");
+    let keys = temp_dir("keys");
+    let (k1, p1) = keypair(&keys, "alice1");
+    let (own, own_pub) = keypair(&keys, "own");
+    w.set_keys(&format!("alice:{p1}"));
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("alice")).contains(blob(&p1))
+    })
+    .expect("key installed");
+    let sshd = Sshd::start("");
+    assert!(
+        login_ok(&sshd, "alice", &k1),
+        "login with the pushed key: {}",
+        sshd.log()
+    );
+    let out = sshd.login("alice", &k1, "sudo -n true && echo SUDO-OK");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SUDO-OK"),
+        "sudo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sudoers = std::fs::metadata("/etc/sudoers.d/google_sudoers").unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&sudoers.permissions()) & 0o777,
+        0o440
+    );
+
+    // The user adds their own lines (CRLF, a comment, no final newline).
+    let path = ak_path("alice");
+    let mut content = read(&path).into_bytes();
+    let own_lines = format!("# my own key\r\n{own_pub}\r\n# last line without newline");
+    content.extend_from_slice(own_lines.as_bytes());
+    std::fs::write(&path, &content).unwrap();
+
+    w.set_keys("");
+    wait_until(Duration::from_secs(10), || !read(&path).contains(blob(&p1)))
+        .expect("managed key removed");
+    let after = read(&path);
+    assert!(
+        after.contains(&own_lines),
+        "user lines kept byte for byte: {after:?}"
+    );
+    assert!(!after.contains("# Added by Google"));
+    assert!(!login_ok(&sshd, "alice", &k1), "removed key refused");
+    assert!(
+        login_ok(&sshd, "alice", &own),
+        "the user's own key still works"
+    );
+    assert!(
+        user_exists("alice"),
+        "deprovision_remove=false keeps the account"
+    );
+    let grp = Command::new("id").args(["-nG", "alice"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&grp.stdout).contains("google-sudoers"),
+        "sudo membership removed"
+    );
+}
+
+#[test]
+fn e2e_expired_key_is_refused_within_a_second_with_the_metadata_server_stopped() {
+    if !sandbox("e2e_expired_key_is_refused_within_a_second_with_the_metadata_server_stopped") {
+        return;
+    }
+    let mut w = World::new("");
+    let keys = temp_dir("keys");
+    let (k, p) = keypair(&keys, "bob");
+    // Whole seconds, like gcloud; at least 3 s away.
+    let expire = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 4, 0).unwrap();
+    w.set_keys(&expiring("bob", &p, expire));
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("bob")).contains(blob(&p))
+    })
+    .expect("key installed");
+    let file = read(&ak_path("bob"));
+    assert!(
+        file.contains("expiry-time=\""),
+        "sshd-side expiry written too: {file}"
+    );
+    let sshd = Sshd::start("");
+    assert!(login_ok(&sshd, "bob", &k));
+    w.stop_emulator();
+    let gone = wait_until(Duration::from_secs(10), || {
+        !read(&ak_path("bob")).contains(blob(&p))
+    })
+    .expect("removed");
+    let late = chrono::Utc::now() - expire;
+    assert!(
+        late < chrono::Duration::milliseconds(1000),
+        "removed {late:?} after expireOn (waited {gone:?})"
+    );
+    assert!(!login_ok(&sshd, "bob", &k), "expired key refused");
+    eprintln!(
+        "expired key removed {} ms after expireOn",
+        late.num_milliseconds()
+    );
+    assert!(w.log().contains("key removed"), "{}", w.log());
+}
+
+#[test]
+fn e2e_symlinked_ssh_dir_pointing_at_a_root_file_is_left_untouched() {
+    if !sandbox("e2e_symlinked_ssh_dir_pointing_at_a_root_file_is_left_untouched") {
+        return;
+    }
+    assert!(
+        Command::new("useradd")
+            .args(["-m", "-s", "/bin/bash", "-p", "*", "mallory"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::create_dir_all("/root/target").unwrap();
+    std::fs::write("/root/target/authorized_keys", "ROOT SECRET\n").unwrap();
+    std::os::unix::fs::symlink("/root/target", "/home/mallory/.ssh").unwrap();
+    let w = World::new("");
+    let keys = temp_dir("keys");
+    let (_k, p) = keypair(&keys, "m");
+    w.set_keys(&format!("mallory:{p}"));
+    wait_until(Duration::from_secs(10), || w.log().contains("symlink")).expect("refusal logged");
+    assert_eq!(
+        read(Path::new("/root/target/authorized_keys")),
+        "ROOT SECRET\n"
+    );
+    assert_eq!(
+        std::fs::read_dir("/root/target").unwrap().count(),
+        1,
+        "no temp files left in the target"
+    );
+    let meta = std::fs::symlink_metadata("/home/mallory/.ssh").unwrap();
+    assert!(
+        meta.file_type().is_symlink(),
+        "the link itself is left as it was"
+    );
+    // The same for a symlinked authorized_keys file inside a real ~/.ssh.
+    std::fs::remove_file("/home/mallory/.ssh").unwrap();
+    std::fs::create_dir("/home/mallory/.ssh").unwrap();
+    std::os::unix::fs::symlink(
+        "/root/target/authorized_keys",
+        "/home/mallory/.ssh/authorized_keys",
+    )
+    .unwrap();
+    Command::new("chown")
+        .args(["-R", "mallory:mallory", "/home/mallory/.ssh"])
+        .status()
+        .unwrap();
+    let (_k2, p2) = keypair(&keys, "m2");
+    w.set_keys(&format!("mallory:{p2}"));
+    wait_until(Duration::from_secs(10), || {
+        w.log().contains("authorized_keys is a symlink")
+    })
+    .expect("refusal logged");
+    assert_eq!(
+        read(Path::new("/root/target/authorized_keys")),
+        "ROOT SECRET\n"
+    );
+}
+
+#[test]
+fn e2e_adopted_user_keeps_the_account_created_user_is_deprovisioned() {
+    if !sandbox("e2e_adopted_user_keeps_the_account_created_user_is_deprovisioned") {
+        return;
+    }
+    assert!(
+        Command::new("useradd")
+            .args(["-m", "-s", "/bin/bash", "-p", "*", "carol"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let w = World::new("[Accounts]\ndeprovision_remove = true\n");
+    let keys = temp_dir("keys");
+    let (_kc, pc) = keypair(&keys, "carol");
+    let (_kd, pd) = keypair(&keys, "dave");
+    w.set_keys(&format!("carol:{pc}\ndave:{pd}"));
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("carol")).contains(blob(&pc)) && read(&ak_path("dave")).contains(blob(&pd))
+    })
+    .expect("both installed");
+    let state_file = Path::new("/var/lib/google/gce-accounts-state.json");
+    wait_until(Duration::from_secs(10), || {
+        let s = read(state_file);
+        s.contains("carol") && s.contains("dave")
+    })
+    .unwrap_or_else(|| panic!("state records both: {}", read(state_file)));
+    w.set_keys("");
+    wait_until(Duration::from_secs(10), || !user_exists("dave"))
+        .expect("created user deleted with deprovision_remove");
+    wait_until(Duration::from_secs(10), || {
+        !read(&ak_path("carol")).contains(blob(&pc))
+    })
+    .expect("adopted user's key removed");
+    assert!(user_exists("carol"), "an adopted user is never deleted");
+    assert!(Path::new("/home/carol").is_dir());
+}
+
+#[test]
+fn e2e_hostile_names_and_system_accounts_are_refused() {
+    if !sandbox("e2e_hostile_names_and_system_accounts_are_refused") {
+        return;
+    }
+    let root_keys_before = read(Path::new("/root/.ssh/authorized_keys"));
+    let passwd_before = read(Path::new("/etc/passwd"));
+    let w = World::new("");
+    let keys = temp_dir("keys");
+    let (_k, p) = keypair(&keys, "h");
+    let value = [
+        "-g",
+        "../root",
+        "a/b",
+        "root",
+        "daemon",
+        "na\u{a0}me",
+        "x\u{3000}y",
+        ".",
+        "..",
+        &"a".repeat(33),
+    ]
+    .iter()
+    .map(|u| format!("{u}:{p}"))
+    .chain(std::iter::once(format!("okuser:{p}")))
+    .collect::<Vec<_>>()
+    .join("\n");
+    w.set_keys(&value);
+    wait_until(Duration::from_secs(10), || user_exists("okuser"))
+        .expect("the valid user is still served");
+    std::thread::sleep(Duration::from_millis(300));
+    let passwd_after = read(Path::new("/etc/passwd"));
+    let new_lines: Vec<&str> = passwd_after
+        .lines()
+        .filter(|l| !passwd_before.contains(*l))
+        .collect();
+    assert_eq!(new_lines.len(), 1, "only okuser was created: {new_lines:?}");
+    assert!(new_lines[0].starts_with("okuser:"));
+    assert_eq!(
+        read(Path::new("/root/.ssh/authorized_keys")),
+        root_keys_before,
+        "root untouched"
+    );
+    let log = w.log();
+    assert!(log.contains("not managing user root"), "{log}");
+    assert_eq!(
+        log.matches("not managing user root").count(),
+        1,
+        "refusal logged once"
+    );
+}
+
+#[test]
+fn e2e_sigkill_during_applies_never_leaves_a_torn_authorized_keys() {
+    if !sandbox("e2e_sigkill_during_applies_never_leaves_a_torn_authorized_keys") {
+        return;
+    }
+    let mut w = World::new("");
+    let keys = temp_dir("keys");
+    let pubs: Vec<String> = (0..6).map(|i| keypair(&keys, &format!("k{i}")).1).collect();
+    let users = ["u1", "u2", "u3", "u4"];
+    // Users' own lines, which must survive every kill.
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..50 {
+        let value: Vec<String> = users
+            .iter()
+            .enumerate()
+            .flat_map(|(i, u)| {
+                let n = ((round + i) % 3) + 1;
+                (0..n).map(move |j| (u, (i + j + round) % 6))
+            })
+            .map(|(u, k)| format!("{u}:{}", pubs[k]))
+            .collect();
+        w.set_keys(&value.join("\n"));
+        std::thread::sleep(Duration::from_millis(rnd(40)));
+        w.kill_daemon();
+        for u in users {
+            let p = ak_path(u);
+            if !p.exists() {
+                continue;
+            }
+            let text = read(&p);
+            let lines: Vec<&str> = text.lines().collect();
+            let mut i = 0;
+            while i < lines.len() {
+                if lines[i] == "# Added by Google" {
+                    let key = lines.get(i + 1).unwrap_or_else(|| {
+                        panic!("round {round}: marker without key in {u}: {text:?}")
+                    });
+                    assert!(
+                        pubs.iter().any(|p| key.contains(blob(p))),
+                        "round {round}: torn key line in {u}: {key:?}"
+                    );
+                    i += 2;
+                } else {
+                    assert_eq!(
+                        lines[i], "# own line",
+                        "round {round}: unexpected line in {u}: {text:?}"
+                    );
+                    i += 1;
+                }
+            }
+            assert!(text.ends_with('\n'), "round {round}: file ends mid-line");
+            if !text.contains("# own line") {
+                // Add the user's own line once the file exists; it must be kept from then on.
+                std::fs::write(&p, format!("# own line\n{text}")).unwrap();
+            }
+            let leftovers: Vec<_> = std::fs::read_dir(format!("/home/{u}/.ssh"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert!(
+                leftovers.len() <= 2,
+                "round {round}: temp files pile up: {leftovers:?}"
+            );
+        }
+        w.start_daemon();
+    }
+    // Converges after the last restart, and every own line survived.
+    let last: Vec<String> = users.iter().map(|u| format!("{u}:{}", pubs[0])).collect();
+    w.set_keys(&last.join("\n"));
+    for u in users {
+        wait_until(Duration::from_secs(10), || {
+            let t = read(&ak_path(u));
+            t.matches("# Added by Google").count() == 1 && t.contains(blob(&pubs[0]))
+        })
+        .unwrap_or_else(|| panic!("{u} did not converge: {}", read(&ak_path(u))));
+        let t = read(&ak_path(u));
+        if Path::new(&format!("/home/{u}/.ssh/authorized_keys")).exists()
+            && t.contains("# own line")
+        {
+            assert_eq!(t.matches("# own line").count(), 1);
+        }
+    }
+}
+
+#[test]
+fn e2e_authorized_keys_command_mode_logs_in_without_a_key_file_and_expires_on_time() {
+    if !sandbox("e2e_authorized_keys_command_mode_logs_in_without_a_key_file_and_expires_on_time") {
+        return;
+    }
+    // sshd requires the command and its directories to be root-owned and not writable by others.
+    std::fs::create_dir_all("/run/gce-bin").unwrap();
+    std::fs::copy(AKC, "/run/gce-bin/gce-authorized-keys").unwrap();
+    let w = World::new("");
+    let keys = temp_dir("keys");
+    let (k, p) = keypair(&keys, "erin");
+    let expire = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 4, 0).unwrap();
+    w.set_keys(&expiring("erin", &p, expire));
+    wait_until(Duration::from_secs(10), || {
+        Path::new("/run/gce-guest-agents/authorized-keys/erin").exists()
+    })
+    .expect("cache written");
+    let sshd = Sshd::start(
+        "AuthorizedKeysFile none\nAuthorizedKeysCommand /run/gce-bin/gce-authorized-keys %u %f\nAuthorizedKeysCommandUser nobody\n",
+    );
+    // Prove the file is not what lets us in.
+    std::fs::remove_file(ak_path("erin")).unwrap();
+    let t = Instant::now();
+    let out = Command::new("/run/gce-bin/gce-authorized-keys")
+        .arg("erin")
+        .output()
+        .unwrap();
+    eprintln!("gce-authorized-keys call took {:?}", t.elapsed());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(blob(&p)));
+    assert!(
+        login_ok(&sshd, "erin", &k),
+        "AuthorizedKeysCommand login: {}",
+        sshd.log()
+    );
+    // Hostile argument: nothing printed, exit 0.
+    let bad = Command::new("/run/gce-bin/gce-authorized-keys")
+        .arg("../root")
+        .output()
+        .unwrap();
+    assert!(bad.status.success() && bad.stdout.is_empty());
+    // Expiry is checked at login time, even with the daemon stopped.
+    let mut w = w;
+    w.kill_daemon();
+    let wait = (expire - chrono::Utc::now()).num_milliseconds() + 50;
+    std::thread::sleep(Duration::from_millis(wait.max(0) as u64));
+    assert!(
+        !login_ok(&sshd, "erin", &k),
+        "expired key refused by the command"
+    );
+}
