@@ -1,0 +1,354 @@
+//! A GCE metadata server and Compute control-plane emulator for tests, demos and developers.
+//!
+//! It follows SPEC §1: the guest API under `/computeMetadata/v1/` (flavor header, ETags,
+//! listings, recursive JSON/text, long polls, guest attributes), the Compute API's metadata
+//! calls under `/compute/v1/` (fingerprints, 412 on a stale one, GCE's size limits), and an
+//! `/emulator/` API that mirrors [`EmulatorHandle`] for shell demos and out-of-process tests.
+//!
+//! The document is one camelCase JSON value held in a `tokio::sync::watch` channel as an
+//! immutable snapshot; every change publishes a new snapshot, which wakes every long poll; each
+//! poll then recomputes only its own subtree's ETag.
+
+mod admin;
+mod conn;
+mod control;
+pub mod doc;
+mod guest;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Guest attributes: namespace -> key -> value.
+pub(crate) type GuestAttrs = BTreeMap<String, BTreeMap<String, String>>;
+
+/// One immutable version of the server's state.
+pub(crate) struct Snapshot {
+    pub doc: Value,
+    /// `doc` as the guest sees it (service accounts also under their email).
+    pub view: Value,
+    pub guest: GuestAttrs,
+}
+
+impl Snapshot {
+    fn new(doc: Value, guest: GuestAttrs) -> Snapshot {
+        let view = doc::guest_view(&doc);
+        Snapshot { doc, view, guest }
+    }
+}
+
+/// A misbehaviour of the guest API, applied to the next `count` guest requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status (e.g. 503 as during a live migration).
+    Status { status: u16, count: u32 },
+    /// Delay the answer by `ms` milliseconds.
+    Latency { ms: u64, count: u32 },
+    /// Close the connection without answering.
+    Drop { count: u32 },
+    /// Answer normally but without the `Metadata-Flavor` header.
+    NoFlavor { count: u32 },
+}
+
+impl Fault {
+    fn count_mut(&mut self) -> &mut u32 {
+        match self {
+            Fault::Status { count, .. }
+            | Fault::Latency { count, .. }
+            | Fault::Drop { count }
+            | Fault::NoFlavor { count } => count,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub snap: watch::Sender<Arc<Snapshot>>,
+    pub faults: Mutex<VecDeque<Fault>>,
+    pub paused: watch::Sender<bool>,
+    pub shutdown: watch::Sender<bool>,
+    pub requests: AtomicU64,
+    pub waiters: AtomicU64,
+    pub operations: AtomicU64,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snap.borrow().clone()
+    }
+
+    /// Apply `f` to a copy of the state and publish it (waking every long poll) when `f`
+    /// returns `Ok`. Nothing changes on `Err`. The check and the update are atomic.
+    pub fn try_update<E>(&self, f: impl FnOnce(&mut Value, &mut GuestAttrs) -> Result<(), E>) -> Result<(), E> {
+        let mut result = None;
+        self.snap.send_if_modified(|snap| {
+            let mut doc = snap.doc.clone();
+            let mut guest = snap.guest.clone();
+            let r = f(&mut doc, &mut guest);
+            let ok = r.is_ok();
+            result = Some(r);
+            if ok {
+                *snap = Arc::new(Snapshot::new(doc, guest));
+            }
+            ok
+        });
+        result.expect("closure ran")
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Value, &mut GuestAttrs)) {
+        let _ = self.try_update::<()>(|d, g| {
+            f(d, g);
+            Ok(())
+        });
+    }
+
+    /// The fault for the next guest request, if any (first queued with a remaining count).
+    pub fn next_fault(&self) -> Option<Fault> {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(front) = faults.front_mut() {
+            let count = front.count_mut();
+            if *count == 0 {
+                faults.pop_front();
+                continue;
+            }
+            *count -= 1;
+            let fault = front.clone();
+            if *front.count_mut() == 0 {
+                faults.pop_front();
+            }
+            return Some(fault);
+        }
+        None
+    }
+}
+
+/// An emulator that has not been started yet.
+pub struct Emulator {
+    shared: Arc<Shared>,
+}
+
+impl Emulator {
+    /// An emulator serving `doc`, the recursive root `{"instance":…,"project":…,"oslogin":…}`.
+    pub fn new(doc: Value) -> Emulator {
+        Emulator {
+            shared: Arc::new(Shared {
+                snap: watch::Sender::new(Arc::new(Snapshot::new(doc, GuestAttrs::new()))),
+                faults: Mutex::new(VecDeque::new()),
+                paused: watch::Sender::new(false),
+                shutdown: watch::Sender::new(false),
+                requests: AtomicU64::new(0),
+                waiters: AtomicU64::new(0),
+                operations: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// An emulator serving [`doc::default_doc`]: the SPEC §1 example VM `vm0` in `my-proj`.
+    pub fn with_default_doc() -> Emulator {
+        Emulator::new(doc::default_doc())
+    }
+
+    /// Direct control before the server starts (the same state as after).
+    pub fn handle(&self) -> EmulatorHandle {
+        EmulatorHandle { shared: self.shared.clone() }
+    }
+
+    /// Bind `addr` (e.g. `127.0.0.1:0`) and serve on a spawned task.
+    pub async fn start(self, addr: &str) -> std::io::Result<RunningEmulator> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let app = router(self.shared.clone());
+        let listener = conn::KillListener { inner: listener, shutdown: self.shared.shutdown.subscribe() };
+        let service = app.into_make_service_with_connect_info::<conn::ConnTag>();
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, service).await {
+                tracing::error!(error = %e, "metadata emulator server stopped");
+            }
+        });
+        tracing::info!(addr = %local, "metadata emulator listening");
+        Ok(RunningEmulator { addr: local, shared: self.shared, task: Some(task) })
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .merge(control::routes())
+        .merge(admin::routes())
+        .fallback(guest::handle)
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(shared)
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let remote = req.extensions().get::<axum::extract::ConnectInfo<conn::ConnTag>>().map(|c| c.0.remote);
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let ms = start.elapsed().as_millis() as u64;
+    tracing::debug!(?remote, %method, %uri, status = resp.status().as_u16(), ms, "request");
+    resp
+}
+
+/// A started emulator. Dropping it stops the server.
+pub struct RunningEmulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RunningEmulator {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`, the value for `GCE_METADATA_HOST`.
+    pub fn metadata_host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn handle(&self) -> EmulatorHandle {
+        EmulatorHandle { shared: self.shared.clone() }
+    }
+
+    /// Stop accepting and close every connection, parked long polls included.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        self.shared.shutdown.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// In-process control of a (running or not yet started) emulator. Cheap to clone.
+#[derive(Clone)]
+pub struct EmulatorHandle {
+    shared: Arc<Shared>,
+}
+
+impl EmulatorHandle {
+    /// The whole camelCase document.
+    pub fn doc(&self) -> Value {
+        self.shared.snapshot().doc.clone()
+    }
+
+    pub fn set_doc(&self, doc: Value) {
+        self.shared.update(|d, _| *d = doc);
+    }
+
+    /// Set the value at a JSON pointer (`/instance/attributes/ssh-keys`), creating objects on
+    /// the way; wakes long polls.
+    pub fn set(&self, pointer: &str, value: Value) {
+        self.shared.update(|d, _| doc::pointer_set(d, pointer, value));
+    }
+
+    pub fn remove(&self, pointer: &str) {
+        self.shared.update(|d, _| {
+            doc::pointer_remove(d, pointer);
+        });
+    }
+
+    pub fn set_instance_attribute(&self, key: &str, value: &str) {
+        self.set_attribute("instance", key, value);
+    }
+
+    pub fn remove_instance_attribute(&self, key: &str) {
+        self.remove_attribute("instance", key);
+    }
+
+    pub fn set_project_attribute(&self, key: &str, value: &str) {
+        self.set_attribute("project", key, value);
+    }
+
+    pub fn remove_project_attribute(&self, key: &str) {
+        self.remove_attribute("project", key);
+    }
+
+    fn set_attribute(&self, scope: &str, key: &str, value: &str) {
+        self.shared.update(|d, _| {
+            // Built from tokens rather than a pointer string: keys may hold '/' or '~'.
+            doc::pointer_set(d, &format!("/{scope}/attributes"), attributes_of(d, scope));
+            if let Some(Value::Object(attrs)) = d.pointer_mut(&format!("/{scope}/attributes")) {
+                attrs.insert(key.to_string(), Value::String(value.to_string()));
+            }
+        });
+    }
+
+    fn remove_attribute(&self, scope: &str, key: &str) {
+        self.shared.update(|d, _| {
+            if let Some(Value::Object(attrs)) = d.pointer_mut(&format!("/{scope}/attributes")) {
+                attrs.remove(key);
+            }
+        });
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()).push_back(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Guest-API requests hang until [`resume`](Self::resume) (an unreachable server).
+    pub fn pause(&self) {
+        self.shared.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.shared.paused.send_replace(false);
+    }
+
+    /// Guest-API requests received so far.
+    pub fn request_count(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Long polls currently parked waiting for a change.
+    pub fn waiters(&self) -> u64 {
+        self.shared.waiters.load(Ordering::Relaxed)
+    }
+
+    pub fn guest_attribute(&self, ns: &str, key: &str) -> Option<String> {
+        self.shared.snapshot().guest.get(ns)?.get(key).cloned()
+    }
+
+    /// Set a guest attribute as a guest would (no enable check).
+    pub fn set_guest_attribute(&self, ns: &str, key: &str, value: &str) {
+        self.shared.update(|_, g| {
+            g.entry(ns.to_string()).or_default().insert(key.to_string(), value.to_string());
+        });
+    }
+}
+
+/// The current attributes object of `scope`, or an empty one.
+fn attributes_of(d: &Value, scope: &str) -> Value {
+    match d.pointer(&format!("/{scope}/attributes")) {
+        Some(v @ Value::Object(_)) => v.clone(),
+        _ => Value::Object(Default::default()),
+    }
+}
