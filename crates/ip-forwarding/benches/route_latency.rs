@@ -145,7 +145,7 @@ async fn idle_rss(host: &str) {
             .unwrap_or_else(|| "?".into())
     };
     println!(
-        "daemon idle: VmRSS {} RssAnon {} threads {}",
+        "daemon idle (bench-profile build, unwinding kept): VmRSS {} RssAnon {} threads {}",
         field("VmRSS:"),
         field("RssAnon:"),
         field("Threads:")
