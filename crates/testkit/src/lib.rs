@@ -273,3 +273,42 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// For benchmark and demo programs (not libtest): outside, re-runs this program with the same
+/// arguments in a private namespace and exits with its status; inside, builds the private world
+/// and returns so `main` continues there.
+pub fn sandbox_main() {
+    if std::env::var_os(INNER).is_some() {
+        setup_inside().expect("sandbox setup failed");
+        return;
+    }
+    if !can_sandbox() {
+        eprintln!("needs root and unshare (it builds a private mount+net namespace)");
+        std::process::exit(2);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let status = Command::new("unshare")
+        .args([
+            "--mount",
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(INNER, "1")
+        .status()
+        .expect("running unshare");
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Median and 90th percentile of a sample, in milliseconds.
+pub fn median_p90(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let n = samples.len();
+    (ms(samples[n / 2]), ms(samples[(n * 9 / 10).min(n - 1)]))
+}
