@@ -18,7 +18,10 @@ pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/emulator/doc", get(get_doc).put(put_doc))
         .route("/emulator/doc/", get(get_doc).put(put_doc))
-        .route("/emulator/doc/{*pointer}", get(get_at).put(put_at).delete(delete_at))
+        .route(
+            "/emulator/doc/{*pointer}",
+            get(get_at).put(put_at).delete(delete_at),
+        )
         .route("/emulator/faults", post(add_fault).delete(clear_faults))
         .route("/emulator/pause", post(pause))
         .route("/emulator/resume", post(resume))
@@ -26,7 +29,9 @@ pub fn routes() -> Router<Arc<Shared>> {
 }
 
 fn handle(shared: &Arc<Shared>) -> EmulatorHandle {
-    EmulatorHandle { shared: shared.clone() }
+    EmulatorHandle {
+        shared: shared.clone(),
+    }
 }
 
 fn bad(msg: impl Into<String>) -> Response {
@@ -63,13 +68,23 @@ async fn get_at(State(shared): State<Arc<Shared>>, Path(pointer): Path<String>) 
         };
         match next {
             Some(n) => node = n,
-            None => return (StatusCode::NOT_FOUND, Json(json!({"error": format!("no value at /{pointer}")}))).into_response(),
+            None => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({"error": format!("no value at /{pointer}")})),
+                )
+                    .into_response();
+            }
         }
     }
     Json(node.clone()).into_response()
 }
 
-async fn put_at(State(shared): State<Arc<Shared>>, Path(pointer): Path<String>, body: Bytes) -> Response {
+async fn put_at(
+    State(shared): State<Arc<Shared>>,
+    Path(pointer): Path<String>,
+    body: Bytes,
+) -> Response {
     match parse(&body) {
         Ok(v) => {
             handle(&shared).set(&format!("/{pointer}"), v);
@@ -89,7 +104,12 @@ fn fault_from_json(v: &Value) -> Option<Fault> {
     let n = |k: &str| v.get(k).and_then(Value::as_u64);
     let count = n("count").unwrap_or(1) as u32;
     if let Some(status) = n("status") {
-        return Some(Fault::Status { status: u16::try_from(status).ok().filter(|s| (100..600).contains(s))?, count });
+        return Some(Fault::Status {
+            status: u16::try_from(status)
+                .ok()
+                .filter(|s| (100..600).contains(s))?,
+            count,
+        });
     }
     if let Some(ms) = n("latency_ms") {
         return Some(Fault::Latency { ms, count });
@@ -113,7 +133,9 @@ async fn add_fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             handle(&shared).inject(f);
             StatusCode::NO_CONTENT.into_response()
         }
-        None => bad("expected {\"status\":N,\"count\":C} | {\"latency_ms\":MS,\"count\":C} | {\"drop\":C} | {\"no_flavor\":C}"),
+        None => bad(
+            "expected {\"status\":N,\"count\":C} | {\"latency_ms\":MS,\"count\":C} | {\"drop\":C} | {\"no_flavor\":C}",
+        ),
     }
 }
 

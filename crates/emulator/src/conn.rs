@@ -50,7 +50,10 @@ impl KillStream {
             self.is_dead = true;
         }
         if self.is_dead {
-            Err(io::Error::new(io::ErrorKind::ConnectionAborted, "connection cut by emulator"))
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection cut by emulator",
+            ))
         } else {
             Ok(())
         }
@@ -83,7 +86,14 @@ impl Listener for KillListener {
                         }
                     });
                     let tag = ConnTag { remote, kill };
-                    return (KillStream { inner: stream, dead, is_dead: false }, tag);
+                    return (
+                        KillStream {
+                            inner: stream,
+                            dead,
+                            is_dead: false,
+                        },
+                        tag,
+                    );
                 }
                 Err(e) => {
                     // Out of fds or a reset before accept: back off briefly, as axum does.
@@ -96,7 +106,10 @@ impl Listener for KillListener {
 
     fn local_addr(&self) -> io::Result<ConnTag> {
         let (kill, _) = watch::channel(false);
-        Ok(ConnTag { remote: self.inner.local_addr()?, kill: Arc::new(kill) })
+        Ok(ConnTag {
+            remote: self.inner.local_addr()?,
+            kill: Arc::new(kill),
+        })
     }
 }
 
@@ -107,14 +120,22 @@ impl Connected<IncomingStream<'_, KillListener>> for ConnTag {
 }
 
 impl AsyncRead for KillStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         self.check(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for KillStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

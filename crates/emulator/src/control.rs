@@ -24,9 +24,18 @@ const MAX_TOTAL: usize = 512 * 1024;
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/compute/v1/projects/{project}", get(get_project))
-        .route("/compute/v1/projects/{project}/setCommonInstanceMetadata", post(set_project_metadata))
-        .route("/compute/v1/projects/{project}/zones/{zone}/instances/{instance}", get(get_instance))
-        .route("/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/setMetadata", post(set_instance_metadata))
+        .route(
+            "/compute/v1/projects/{project}/setCommonInstanceMetadata",
+            post(set_project_metadata),
+        )
+        .route(
+            "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}",
+            get(get_instance),
+        )
+        .route(
+            "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/setMetadata",
+            post(set_instance_metadata),
+        )
         .route(
             "/compute/v1/projects/{project}/zones/{zone}/instances/{instance}/getGuestAttributes",
             get(get_guest_attributes),
@@ -42,7 +51,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { code, reason, message: message.into() }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -54,14 +67,23 @@ impl IntoResponse for ApiError {
             "errors": [{"message": self.message, "domain": "global", "reason": self.reason}],
         }});
         let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, [("content-type", "application/json; charset=UTF-8")], body.to_string()).into_response()
+        (
+            status,
+            [("content-type", "application/json; charset=UTF-8")],
+            body.to_string(),
+        )
+            .into_response()
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
 fn ok(v: Value) -> ApiResult {
-    Ok(([("content-type", "application/json; charset=UTF-8")], v.to_string()).into_response())
+    Ok((
+        [("content-type", "application/json; charset=UTF-8")],
+        v.to_string(),
+    )
+        .into_response())
 }
 
 fn str_at<'a>(doc: &'a Value, pointer: &str) -> &'a str {
@@ -78,16 +100,25 @@ fn id_at(doc: &Value, pointer: &str) -> String {
 }
 
 fn check_project(doc: &Value, project: &str) -> Result<(), ApiError> {
-    if project == str_at(doc, "/project/projectId") || project == id_at(doc, "/project/numericProjectId") {
+    if project == str_at(doc, "/project/projectId")
+        || project == id_at(doc, "/project/numericProjectId")
+    {
         Ok(())
     } else {
-        Err(ApiError::new(404, "notFound", format!("The resource 'projects/{project}' was not found")))
+        Err(ApiError::new(
+            404,
+            "notFound",
+            format!("The resource 'projects/{project}' was not found"),
+        ))
     }
 }
 
 fn check_instance(doc: &Value, project: &str, zone: &str, instance: &str) -> Result<(), ApiError> {
     check_project(doc, project)?;
-    let own_zone = str_at(doc, "/instance/zone").rsplit('/').next().unwrap_or("");
+    let own_zone = str_at(doc, "/instance/zone")
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
     let name = str_at(doc, "/instance/name");
     if zone == own_zone && (instance == name || instance == id_at(doc, "/instance/id")) {
         Ok(())
@@ -95,7 +126,9 @@ fn check_instance(doc: &Value, project: &str, zone: &str, instance: &str) -> Res
         Err(ApiError::new(
             404,
             "notFound",
-            format!("The resource 'projects/{project}/zones/{zone}/instances/{instance}' was not found"),
+            format!(
+                "The resource 'projects/{project}/zones/{zone}/instances/{instance}' was not found"
+            ),
         ))
     }
 }
@@ -105,7 +138,14 @@ fn items_of(attrs: Option<&Value>) -> Vec<(String, String)> {
     match attrs {
         Some(Value::Object(map)) => map
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect(),
         _ => Vec::new(),
     }
@@ -161,7 +201,11 @@ async fn get_instance(
         })
         .unwrap_or_default();
     let tags = d.pointer("/instance/tags").cloned().unwrap_or(json!([]));
-    let machine = str_at(d, "/instance/machineType").rsplit('/').next().unwrap_or("").to_string();
+    let machine = str_at(d, "/instance/machineType")
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
     ok(json!({
         "kind": "compute#instance",
         "id": id_at(d, "/instance/id"),
@@ -192,46 +236,91 @@ async fn get_project(State(shared): State<Arc<Shared>>, Path(project): Path<Stri
 
 /// Parse and validate a `{fingerprint, items}` body as GCE does.
 fn parse_metadata(body: &Bytes) -> Result<(Option<String>, Map<String, Value>), ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(400, "parseError", format!("Invalid JSON payload received. {e}")))?;
-    let fingerprint = v.get("fingerprint").and_then(Value::as_str).map(str::to_string);
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "parseError",
+            format!("Invalid JSON payload received. {e}"),
+        )
+    })?;
+    let fingerprint = v
+        .get("fingerprint")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let mut seen = HashSet::new();
     let mut total = 0usize;
     let mut attrs = Map::new();
     let items = match v.get("items") {
         None | Some(Value::Null) => &Vec::new(),
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(ApiError::new(400, "invalid", "Invalid value for field 'metadata.items'")),
+        Some(_) => {
+            return Err(ApiError::new(
+                400,
+                "invalid",
+                "Invalid value for field 'metadata.items'",
+            ));
+        }
     };
     for item in items {
         let key = item.get("key").and_then(Value::as_str).unwrap_or("");
         let value = match item.get("value") {
             None | Some(Value::Null) => "",
             Some(Value::String(s)) => s.as_str(),
-            Some(_) => return Err(ApiError::new(400, "invalid", format!("Invalid value for field 'metadata.items.value' of key '{key}'"))),
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "invalid",
+                    format!("Invalid value for field 'metadata.items.value' of key '{key}'"),
+                ));
+            }
         };
         let key_ok = (1..=128).contains(&key.len())
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !key_ok {
-            return Err(ApiError::new(400, "invalid", format!("Invalid value for field 'metadata.items.key': '{key}'. Must be a match of regex '[a-zA-Z0-9-_]{{1,128}}'")));
+            return Err(ApiError::new(
+                400,
+                "invalid",
+                format!(
+                    "Invalid value for field 'metadata.items.key': '{key}'. Must be a match of regex '[a-zA-Z0-9-_]{{1,128}}'"
+                ),
+            ));
         }
         if value.len() > MAX_VALUE {
-            return Err(ApiError::new(400, "invalid", format!("Value for metadata key '{key}' exceeds the limit of {MAX_VALUE} bytes")));
+            return Err(ApiError::new(
+                400,
+                "invalid",
+                format!("Value for metadata key '{key}' exceeds the limit of {MAX_VALUE} bytes"),
+            ));
         }
         if !seen.insert(key) {
-            return Err(ApiError::new(400, "invalid", format!("Duplicate metadata key '{key}'")));
+            return Err(ApiError::new(
+                400,
+                "invalid",
+                format!("Duplicate metadata key '{key}'"),
+            ));
         }
         total += key.len() + value.len();
         attrs.insert(key.to_string(), Value::String(value.to_string()));
     }
     if total >= MAX_TOTAL {
-        return Err(ApiError::new(400, "invalid", format!("Metadata total size {total} bytes exceeds the limit of {MAX_TOTAL} bytes")));
+        return Err(ApiError::new(
+            400,
+            "invalid",
+            format!("Metadata total size {total} bytes exceeds the limit of {MAX_TOTAL} bytes"),
+        ));
     }
     Ok((fingerprint, attrs))
 }
 
 /// Replace `scope`'s attributes if `fingerprint` is current: one atomic step.
-fn replace_attributes(shared: &Shared, scope: &str, fingerprint: Option<String>, attrs: Map<String, Value>) -> Result<(), ApiError> {
+fn replace_attributes(
+    shared: &Shared,
+    scope: &str,
+    fingerprint: Option<String>,
+    attrs: Map<String, Value>,
+) -> Result<(), ApiError> {
     let pointer = format!("/{scope}/attributes");
     shared.try_update(|d, _| {
         let current = fingerprint_of_doc(d, &pointer);
@@ -239,7 +328,10 @@ fn replace_attributes(shared: &Shared, scope: &str, fingerprint: Option<String>,
             return Err(ApiError::new(
                 412,
                 "conditionNotMet",
-                format!("Supplied fingerprint does not match current metadata fingerprint ({}).", current),
+                format!(
+                    "Supplied fingerprint does not match current metadata fingerprint ({}).",
+                    current
+                ),
             ));
         }
         doc::pointer_set(d, &pointer, Value::Object(attrs));
@@ -281,11 +373,20 @@ async fn set_instance_metadata(
     ok(operation(&shared, "setMetadata", target, Some(&zone_link)))
 }
 
-async fn set_project_metadata(State(shared): State<Arc<Shared>>, Path(project): Path<String>, body: Bytes) -> ApiResult {
+async fn set_project_metadata(
+    State(shared): State<Arc<Shared>>,
+    Path(project): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     check_project(&shared.snapshot().doc, &project)?;
     let (fp, attrs) = parse_metadata(&body)?;
     replace_attributes(&shared, "project", fp, attrs)?;
-    ok(operation(&shared, "setCommonInstanceMetadata", format!("{API}/projects/{project}"), None))
+    ok(operation(
+        &shared,
+        "setCommonInstanceMetadata",
+        format!("{API}/projects/{project}"),
+        None,
+    ))
 }
 
 async fn get_guest_attributes(
@@ -295,8 +396,15 @@ async fn get_guest_attributes(
 ) -> ApiResult {
     let snap = shared.snapshot();
     check_instance(&snap.doc, &project, &zone, &instance)?;
-    let self_link = format!("{API}/projects/{project}/zones/{zone}/instances/{instance}/guestAttributes");
-    let not_found = |what: &str| ApiError::new(404, "notFound", format!("The resource '{what}' of guest attributes was not found"));
+    let self_link =
+        format!("{API}/projects/{project}/zones/{zone}/instances/{instance}/guestAttributes");
+    let not_found = |what: &str| {
+        ApiError::new(
+            404,
+            "notFound",
+            format!("The resource '{what}' of guest attributes was not found"),
+        )
+    };
     let single = |path: &str| -> Option<(String, String)> {
         let (ns, key) = path.split_once('/')?;
         let v = snap.guest.get(ns)?.get(key)?;
@@ -304,13 +412,17 @@ async fn get_guest_attributes(
     };
     if let Some(var) = params.get("variableKey") {
         let (k, v) = single(var).ok_or_else(|| not_found(var))?;
-        return ok(json!({"kind": "compute#guestAttributes", "selfLink": self_link, "variableKey": k, "variableValue": v}));
+        return ok(
+            json!({"kind": "compute#guestAttributes", "selfLink": self_link, "variableKey": k, "variableValue": v}),
+        );
     }
     let query_path = params.get("queryPath").cloned().unwrap_or_default();
     let trimmed = query_path.trim_start_matches('/');
     if let Some((ns, key)) = trimmed.split_once('/').filter(|(_, k)| !k.is_empty()) {
         let (k, v) = single(&format!("{ns}/{key}")).ok_or_else(|| not_found(&query_path))?;
-        return ok(json!({"kind": "compute#guestAttributes", "selfLink": self_link, "variableKey": k, "variableValue": v}));
+        return ok(
+            json!({"kind": "compute#guestAttributes", "selfLink": self_link, "variableKey": k, "variableValue": v}),
+        );
     }
     let ns = trimmed.trim_end_matches('/');
     if !ns.is_empty() && !snap.guest.contains_key(ns) {
@@ -320,7 +432,10 @@ async fn get_guest_attributes(
         .guest
         .iter()
         .filter(|(n, _)| ns.is_empty() || n.as_str() == ns)
-        .flat_map(|(ns, keys)| keys.iter().map(move |(k, v)| json!({"namespace": ns, "key": k, "value": v})))
+        .flat_map(|(ns, keys)| {
+            keys.iter()
+                .map(move |(k, v)| json!({"namespace": ns, "key": k, "value": v}))
+        })
         .collect();
     ok(json!({
         "kind": "compute#guestAttributes",

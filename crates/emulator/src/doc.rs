@@ -138,7 +138,8 @@ pub fn guest_view(doc: &Value) -> Value {
             .iter()
             .filter_map(|(name, acct)| {
                 let email = acct.get("email")?.as_str()?;
-                (email != name && !sas.contains_key(email)).then(|| (email.to_string(), acct.clone()))
+                (email != name && !sas.contains_key(email))
+                    .then(|| (email.to_string(), acct.clone()))
             })
             .collect();
         sas.extend(extra);
@@ -151,7 +152,11 @@ pub fn guest_view(doc: &Value) -> Value {
 pub enum Target<'a> {
     /// A node of the document; `key` is its document key (for the listing's verbatim rule),
     /// `account` whether it is a service account (whose listing adds `identity` and `token`).
-    Node { value: &'a Value, key: String, account: bool },
+    Node {
+        value: &'a Value,
+        key: String,
+        account: bool,
+    },
     /// `service-accounts/ACCT/token`: generated, never part of recursive output.
     Token { account: &'a Value },
     /// `service-accounts/ACCT/identity`.
@@ -172,11 +177,16 @@ pub fn resolve<'a>(view: &'a Value, segs: &[&str]) -> Option<Target<'a>> {
                     // Schema keys are kebab-case in URLs; `networkInterfaces` is a 404 on GCE.
                     None
                 } else {
-                    map.get_key_value(kebab_to_camel(seg).as_str()).or_else(|| map.get_key_value(*seg))
+                    map.get_key_value(kebab_to_camel(seg).as_str())
+                        .or_else(|| map.get_key_value(*seg))
                 };
                 found.map(|(k, v)| (k.as_str(), v))
             }
-            Value::Array(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)).map(|v| (*seg, v)),
+            Value::Array(items) => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i))
+                .map(|v| (*seg, v)),
             _ => None,
         };
         let (k, v) = match next {
@@ -197,18 +207,29 @@ pub fn resolve<'a>(view: &'a Value, segs: &[&str]) -> Option<Target<'a>> {
         parent_key = std::mem::replace(&mut key, k.to_string());
         node = v;
     }
-    Some(Target::Node { value: node, key, account: parent_key == "serviceAccounts" })
+    Some(Target::Node {
+        value: node,
+        key,
+        account: parent_key == "serviceAccounts",
+    })
 }
 
 /// Arrays of addresses that GCE presents as directories of indices even when empty.
-const DIR_ARRAYS: &[&str] = &["forwardedIps", "forwardedIpv6s", "ipAliases", "targetInstanceIps"];
+const DIR_ARRAYS: &[&str] = &[
+    "forwardedIps",
+    "forwardedIpv6s",
+    "ipAliases",
+    "targetInstanceIps",
+];
 
 /// Whether the node with document key `key` is a directory. Other scalar arrays (scopes,
 /// aliases, tags) read as a leaf with one element per line, as on GCE.
 pub fn is_dir(key: &str, v: &Value) -> bool {
     match v {
         Value::Object(_) => true,
-        Value::Array(items) => DIR_ARRAYS.contains(&key) || items.iter().any(|i| i.is_object() || i.is_array()),
+        Value::Array(items) => {
+            DIR_ARRAYS.contains(&key) || items.iter().any(|i| i.is_object() || i.is_array())
+        }
         _ => false,
     }
 }
@@ -258,7 +279,11 @@ pub fn listing(v: &Value, key: &str, extra: &[&str]) -> String {
 pub fn recursive_text(v: &Value, key: &str) -> String {
     fn walk(v: &Value, key: &str, prefix: &str, out: &mut String) {
         let mut child = |name: String, c: &Value, ckey: &str| {
-            let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
             match c {
                 Value::Object(_) | Value::Array(_) => walk(c, ckey, &path, out),
                 leaf => {
@@ -345,7 +370,9 @@ fn child_mut<'a>(node: &'a mut Value, token: &str) -> &'a mut Value {
         *node = Value::Object(Map::new());
     }
     match node {
-        Value::Object(map) => map.entry(token.to_string()).or_insert_with(|| Value::Object(Map::new())),
+        Value::Object(map) => map
+            .entry(token.to_string())
+            .or_insert_with(|| Value::Object(Map::new())),
         _ => unreachable!("made an object above"),
     }
 }
@@ -388,7 +415,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -421,7 +452,13 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(input.as_bytes()), want);
         }
     }

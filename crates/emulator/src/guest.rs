@@ -28,7 +28,10 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path();
-    let Some(rest) = path.strip_prefix(PREFIX).filter(|r| r.is_empty() || r.starts_with('/')) else {
+    let Some(rest) = path
+        .strip_prefix(PREFIX)
+        .filter(|r| r.is_empty() || r.starts_with('/'))
+    else {
         return (StatusCode::NOT_FOUND, html_error(404, path, "")).into_response();
     };
     shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -103,7 +106,9 @@ fn parse_query(raw: Option<&str>) -> Result<Query, String> {
             },
             "last_etag" => q.last_etag = Some(v),
             "timeout_sec" => {
-                let secs: u64 = v.parse().map_err(|_| format!("Invalid timeout_sec parameter: {v}"))?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("Invalid timeout_sec parameter: {v}"))?;
                 q.timeout = Duration::from_secs(secs.min(MAX_WAIT_SECS));
             }
             "audience" => q.audience = Some(v),
@@ -151,13 +156,21 @@ async fn serve(
         return html(403, path, "Missing Metadata-Flavor:Google header.");
     }
     if headers.contains_key("x-forwarded-for") {
-        return html(403, path, "Request had X-Forwarded-For header and was rejected.");
+        return html(
+            403,
+            path,
+            "Request had X-Forwarded-For header and was rejected.",
+        );
     }
     if rest.is_empty() {
         return redirect(uri);
     }
     let trailing = rest.ends_with('/');
-    let segs: Vec<&str> = rest.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = rest
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let q = match parse_query(uri.query()) {
         Ok(q) => q,
         Err(msg) => return text(StatusCode::BAD_REQUEST, msg + "\n"),
@@ -167,7 +180,10 @@ async fn serve(
         return guest_attributes(shared, method, uri, &segs[2..], trailing, &q, body);
     }
     if method != Method::GET && method != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed\n".into(),
+        );
     }
 
     let mut rx = shared.snap.subscribe();
@@ -175,11 +191,18 @@ async fn serve(
     let (value, key, account) = match doc::resolve(&snap.view, &segs) {
         None => return html(404, path, ""),
         Some(Target::Token { .. }) if q.wait => {
-            return text(StatusCode::BAD_REQUEST, "wait_for_change is not supported for tokens\n".into());
+            return text(
+                StatusCode::BAD_REQUEST,
+                "wait_for_change is not supported for tokens\n".into(),
+            );
         }
         Some(Target::Token { account }) => return token(account),
         Some(Target::Identity { account }) => return identity(account, &q),
-        Some(Target::Node { value, key, account }) => (value, key, account),
+        Some(Target::Node {
+            value,
+            key,
+            account,
+        }) => (value, key, account),
     };
     let dir = doc::is_dir(&key, value);
     if dir && !trailing && !q.recursive {
@@ -187,9 +210,17 @@ async fn serve(
     }
     let listing = (dir || value.is_array()) && trailing && !q.recursive;
     if listing && q.wait {
-        return text(StatusCode::BAD_REQUEST, "wait_for_change requires recursive=true on a directory\n".into());
+        return text(
+            StatusCode::BAD_REQUEST,
+            "wait_for_change requires recursive=true on a directory\n".into(),
+        );
     }
-    let mode = Mode { recursive: q.recursive && (dir || value.is_array()), listing, account, alt: q.alt.clone() };
+    let mode = Mode {
+        recursive: q.recursive && (dir || value.is_array()),
+        listing,
+        account,
+        alt: q.alt.clone(),
+    };
 
     let current = doc::etag_of(value);
     if !q.wait || q.last_etag.as_deref().is_some_and(|e| e != current) {
@@ -264,7 +295,11 @@ fn render(value: &Value, key: &str, mode: &Mode, etag: &str) -> Response {
             (JSON, value.to_string())
         }
     } else if mode.listing {
-        let extra: &[&str] = if mode.account { &["identity", "token"] } else { &[] };
+        let extra: &[&str] = if mode.account {
+            &["identity", "token"]
+        } else {
+            &[]
+        };
         let listing = doc::listing(value, key, extra);
         let mut lines: Vec<&str> = listing.lines().collect();
         lines.sort_unstable();
@@ -289,9 +324,18 @@ fn reply(status: StatusCode, content_type: &str, body: String, etag: Option<&str
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert("metadata-flavor", HeaderValue::from_static("Google"));
-    h.insert(header::SERVER, HeaderValue::from_static("Metadata Server for VM"));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).expect("static content type"));
-    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
+    h.insert(
+        header::SERVER,
+        HeaderValue::from_static("Metadata Server for VM"),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).expect("static content type"),
+    );
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex etag"),
+    );
     h.insert("x-xss-protection", HeaderValue::from_static("0"));
     h.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
     resp
@@ -303,18 +347,33 @@ fn text(status: StatusCode, body: String) -> Response {
 
 fn html(code: u16, path: &str, detail: &str) -> Response {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    reply(status, "text/html; charset=UTF-8", html_error(code, path, detail), None)
+    reply(
+        status,
+        "text/html; charset=UTF-8",
+        html_error(code, path, detail),
+        None,
+    )
 }
 
 /// The shape of Google's front-end error pages.
 fn html_error(code: u16, path: &str, detail: &str) -> String {
     let (title, what) = match code {
-        403 => ("Forbidden", "Your client does not have permission to get URL"),
+        403 => (
+            "Forbidden",
+            "Your client does not have permission to get URL",
+        ),
         404 => ("Not Found", "The requested URL"),
         _ => ("Error", "The request for"),
     };
-    let tail = if code == 404 { " was not found on this server." } else { " from this server." };
-    let path = path.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let tail = if code == 404 {
+        " was not found on this server."
+    } else {
+        " from this server."
+    };
+    let path = path
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
     format!(
         "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <title>Error {code} ({title})!!1</title>\n  \
          <p><b>{code}.</b> <ins>That’s an error.</ins>\n  <p>{what} <code>{path}</code>{tail} {detail}  \
@@ -327,9 +386,14 @@ fn redirect(uri: &Uri) -> Response {
         Some(q) => format!("{}/?{q}", uri.path()),
         None => format!("{}/", uri.path()),
     };
-    let mut resp = reply(StatusCode::MOVED_PERMANENTLY, "text/html; charset=UTF-8", format!(
-        "<HTML><HEAD><meta http-equiv=\"content-type\" content=\"text/html;charset=utf-8\">\n<TITLE>301 Moved</TITLE></HEAD><BODY>\n<H1>301 Moved</H1>\nThe document has moved\n<A HREF=\"{location}\">here</A>.\r\n</BODY></HTML>\r\n"
-    ), None);
+    let mut resp = reply(
+        StatusCode::MOVED_PERMANENTLY,
+        "text/html; charset=UTF-8",
+        format!(
+            "<HTML><HEAD><meta http-equiv=\"content-type\" content=\"text/html;charset=utf-8\">\n<TITLE>301 Moved</TITLE></HEAD><BODY>\n<H1>301 Moved</H1>\nThe document has moved\n<A HREF=\"{location}\">here</A>.\r\n</BODY></HTML>\r\n"
+        ),
+        None,
+    );
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -337,7 +401,10 @@ fn redirect(uri: &Uri) -> Response {
 }
 
 fn token(account: &Value) -> Response {
-    let email = account.get("email").and_then(Value::as_str).unwrap_or("default");
+    let email = account
+        .get("email")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let body = json!({
         "access_token": format!("ya29.emulated-{:016x}", doc::fnv1a(email.as_bytes())),
         "expires_in": 3599,
@@ -348,10 +415,17 @@ fn token(account: &Value) -> Response {
 
 fn identity(account: &Value, q: &Query) -> Response {
     let Some(aud) = q.audience.as_deref().filter(|a| !a.is_empty()) else {
-        return text(StatusCode::BAD_REQUEST, "non-empty audience parameter required\n".into());
+        return text(
+            StatusCode::BAD_REQUEST,
+            "non-empty audience parameter required\n".into(),
+        );
     };
-    let email = account.get("email").and_then(Value::as_str).unwrap_or("default");
-    let claims = json!({"aud": aud, "azp": email, "email": email, "iss": "https://accounts.google.com"});
+    let email = account
+        .get("email")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let claims =
+        json!({"aud": aud, "azp": email, "email": email, "iss": "https://accounts.google.com"});
     let jwt = format!(
         "{}.{}.emulated",
         doc::base64(br#"{"alg":"RS256","typ":"JWT"}"#).trim_end_matches('='),
@@ -362,8 +436,13 @@ fn identity(account: &Value, q: &Query) -> Response {
 
 /// `enable-guest-attributes`: the instance value wins; else the project's; else off.
 fn guest_attributes_enabled(view: &Value) -> bool {
-    let flag = |scope: &str| view.pointer(&format!("/{scope}/attributes/enable-guest-attributes")).and_then(Value::as_str);
-    flag("instance").or_else(|| flag("project")).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    let flag = |scope: &str| {
+        view.pointer(&format!("/{scope}/attributes/enable-guest-attributes"))
+            .and_then(Value::as_str)
+    };
+    flag("instance")
+        .or_else(|| flag("project"))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 fn guest_attributes(
@@ -377,7 +456,10 @@ fn guest_attributes(
 ) -> Response {
     let snap = shared.snapshot();
     if !guest_attributes_enabled(&snap.view) {
-        return text(StatusCode::FORBIDDEN, "Guest attributes endpoint access is disabled.\n".into());
+        return text(
+            StatusCode::FORBIDDEN,
+            "Guest attributes endpoint access is disabled.\n".into(),
+        );
     }
     let path = uri.path();
     match (method.as_str(), sub) {
@@ -386,7 +468,12 @@ fn guest_attributes(
             let etag = doc::etag_of(&tree);
             if q.recursive {
                 if q.alt.as_deref() == Some("text") {
-                    return reply(StatusCode::OK, TEXT, doc::recursive_text(&tree, "attributes"), Some(&etag));
+                    return reply(
+                        StatusCode::OK,
+                        TEXT,
+                        doc::recursive_text(&tree, "attributes"),
+                        Some(&etag),
+                    );
                 }
                 return reply(StatusCode::OK, JSON, tree.to_string(), Some(&etag));
             }
@@ -412,16 +499,24 @@ fn guest_attributes(
             reply(StatusCode::OK, TEXT, body, Some(&etag))
         }
         ("GET" | "HEAD", [ns, key]) => match snap.guest.get(*ns).and_then(|k| k.get(*key)) {
-            Some(v) if q.alt.as_deref() == Some("json") => reply(StatusCode::OK, JSON, json!(v).to_string(), None),
+            Some(v) if q.alt.as_deref() == Some("json") => {
+                reply(StatusCode::OK, JSON, json!(v).to_string(), None)
+            }
             Some(v) => reply(StatusCode::OK, TEXT, v.clone(), None),
             None => html(404, path, ""),
         },
         ("PUT", [ns, key]) => {
             if !valid_guest_name(ns) || !valid_guest_name(key) {
-                return text(StatusCode::BAD_REQUEST, "invalid guest attribute namespace or key\n".into());
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "invalid guest attribute namespace or key\n".into(),
+                );
             }
             let Ok(value) = std::str::from_utf8(body) else {
-                return text(StatusCode::BAD_REQUEST, "guest attribute value must be UTF-8\n".into());
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "guest attribute value must be UTF-8\n".into(),
+                );
             };
             let (ns, key, value) = (ns.to_string(), key.to_string(), value.to_string());
             shared.update(move |_, g| {
@@ -440,12 +535,21 @@ fn guest_attributes(
             });
             reply(StatusCode::OK, TEXT, String::new(), None)
         }
-        ("PUT" | "DELETE", _) => text(StatusCode::BAD_REQUEST, "guest attributes are written as NAMESPACE/KEY\n".into()),
+        ("PUT" | "DELETE", _) => text(
+            StatusCode::BAD_REQUEST,
+            "guest attributes are written as NAMESPACE/KEY\n".into(),
+        ),
         ("GET" | "HEAD", _) => html(404, path, ""),
-        _ => text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed\n".into()),
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed\n".into(),
+        ),
     }
 }
 
 fn valid_guest_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }

@@ -88,7 +88,10 @@ impl Shared {
 
     /// Apply `f` to a copy of the state and publish it (waking every long poll) when `f`
     /// returns `Ok`. Nothing changes on `Err`. The check and the update are atomic.
-    pub fn try_update<E>(&self, f: impl FnOnce(&mut Value, &mut GuestAttrs) -> Result<(), E>) -> Result<(), E> {
+    pub fn try_update<E>(
+        &self,
+        f: impl FnOnce(&mut Value, &mut GuestAttrs) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut result = None;
         self.snap.send_if_modified(|snap| {
             let mut doc = snap.doc.clone();
@@ -159,7 +162,9 @@ impl Emulator {
 
     /// Direct control before the server starts (the same state as after).
     pub fn handle(&self) -> EmulatorHandle {
-        EmulatorHandle { shared: self.shared.clone() }
+        EmulatorHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Bind `addr` (e.g. `127.0.0.1:0`) and serve on a spawned task.
@@ -167,7 +172,10 @@ impl Emulator {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let app = router(self.shared.clone());
-        let listener = conn::KillListener { inner: listener, shutdown: self.shared.shutdown.subscribe() };
+        let listener = conn::KillListener {
+            inner: listener,
+            shutdown: self.shared.shutdown.subscribe(),
+        };
         let service = app.into_make_service_with_connect_info::<conn::ConnTag>();
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, service).await {
@@ -175,7 +183,11 @@ impl Emulator {
             }
         });
         tracing::info!(addr = %local, "metadata emulator listening");
-        Ok(RunningEmulator { addr: local, shared: self.shared, task: Some(task) })
+        Ok(RunningEmulator {
+            addr: local,
+            shared: self.shared,
+            task: Some(task),
+        })
     }
 }
 
@@ -191,7 +203,10 @@ fn router(shared: Arc<Shared>) -> Router {
 async fn log_request(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let remote = req.extensions().get::<axum::extract::ConnectInfo<conn::ConnTag>>().map(|c| c.0.remote);
+    let remote = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<conn::ConnTag>>()
+        .map(|c| c.0.remote);
     let start = Instant::now();
     let resp = next.run(req).await;
     let ms = start.elapsed().as_millis() as u64;
@@ -222,7 +237,9 @@ impl RunningEmulator {
     }
 
     pub fn handle(&self) -> EmulatorHandle {
-        EmulatorHandle { shared: self.shared.clone() }
+        EmulatorHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stop accepting and close every connection, parked long polls included.
@@ -263,7 +280,8 @@ impl EmulatorHandle {
     /// Set the value at a JSON pointer (`/instance/attributes/ssh-keys`), creating objects on
     /// the way; wakes long polls.
     pub fn set(&self, pointer: &str, value: Value) {
-        self.shared.update(|d, _| doc::pointer_set(d, pointer, value));
+        self.shared
+            .update(|d, _| doc::pointer_set(d, pointer, value));
     }
 
     pub fn remove(&self, pointer: &str) {
@@ -307,11 +325,19 @@ impl EmulatorHandle {
     }
 
     pub fn inject(&self, fault: Fault) {
-        self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()).push_back(fault);
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(fault);
     }
 
     pub fn clear_faults(&self) {
-        self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Guest-API requests hang until [`resume`](Self::resume) (an unreachable server).
@@ -340,7 +366,9 @@ impl EmulatorHandle {
     /// Set a guest attribute as a guest would (no enable check).
     pub fn set_guest_attribute(&self, ns: &str, key: &str, value: &str) {
         self.shared.update(|_, g| {
-            g.entry(ns.to_string()).or_default().insert(key.to_string(), value.to_string());
+            g.entry(ns.to_string())
+                .or_default()
+                .insert(key.to_string(), value.to_string());
         });
     }
 }

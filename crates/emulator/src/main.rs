@@ -11,7 +11,10 @@ use gce_metadata_emulator::{Emulator, doc};
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "gce-metadata-emulator", about = "GCE metadata server and Compute control-plane emulator")]
+#[command(
+    name = "gce-metadata-emulator",
+    about = "GCE metadata server and Compute control-plane emulator"
+)]
 struct Args {
     /// Address to listen on (use port 0 for any free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -30,22 +33,38 @@ fn main() -> anyhow::Result<()> {
     let level = if args.verbose {
         tracing::Level::DEBUG
     } else {
-        std::env::var("RUST_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::INFO)
+        std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(tracing::Level::INFO)
     };
-    tracing_subscriber::fmt().with_ansi(false).with_writer(std::io::stderr).with_max_level(level).init();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .init();
 
     let doc = match &args.seed {
         None => doc::default_doc(),
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading seed {}", path.display()))?;
-            let seed: Value = serde_json::from_str(&text).with_context(|| format!("parsing seed {}", path.display()))?;
-            merge_seed(seed).with_context(|| format!("seed {} is not a JSON object", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading seed {}", path.display()))?;
+            let seed: Value = serde_json::from_str(&text)
+                .with_context(|| format!("parsing seed {}", path.display()))?;
+            merge_seed(seed)
+                .with_context(|| format!("seed {} is not a JSON object", path.display()))?
         }
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     rt.block_on(async {
-        let running = Emulator::new(doc).start(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let running = Emulator::new(doc)
+            .start(&args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", running.url())?;
         out.flush()?;
@@ -63,7 +82,9 @@ fn main() -> anyhow::Result<()> {
 
 /// Top-level keys of the seed win; absent ones come from the built-in document.
 fn merge_seed(seed: Value) -> Option<Value> {
-    let Value::Object(seed) = seed else { return None };
+    let Value::Object(seed) = seed else {
+        return None;
+    };
     let mut doc = doc::default_doc();
     let root = doc.as_object_mut()?;
     for (k, v) in seed {
