@@ -1,0 +1,1 @@
+//! Empty: this manifest only carries the package metadata (see Cargo.toml).
