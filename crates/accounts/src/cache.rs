@@ -19,11 +19,12 @@ pub struct CachedKey {
     pub line: String,
 }
 
-pub fn render(entries: &[(&KeyEntry, String)]) -> String {
+/// One cache file: each entry with its authorized_keys line and fingerprint.
+pub fn render(entries: &[(&KeyEntry, String, String)]) -> String {
     let mut out = String::new();
-    for (e, line) in entries {
+    for (e, line, fingerprint) in entries {
         let exp = e.expires.map(|t| t.timestamp()).unwrap_or(0);
-        out.push_str(&format!("{exp} {} {line}\n", e.key.fingerprint()));
+        out.push_str(&format!("{exp} {fingerprint} {line}\n"));
     }
     out
 }

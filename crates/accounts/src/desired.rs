@@ -11,7 +11,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::keys::{KeyEntry, LineError, parse_ssh_keys};
+use crate::keys::{KeyEntry, LineError, ParseMemo, parse_ssh_keys_memo};
 
 /// Where a key line came from, in precedence order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,6 +96,16 @@ pub fn desired_keys(
     project: &BTreeMap<String, String>,
     now: DateTime<Utc>,
 ) -> Desired {
+    desired_keys_memo(instance, project, now, &mut ParseMemo::default())
+}
+
+/// [`desired_keys`] reusing the lines parsed for earlier snapshots (the daemon keeps the memo).
+pub fn desired_keys_memo(
+    instance: &BTreeMap<String, String>,
+    project: &BTreeMap<String, String>,
+    now: DateTime<Utc>,
+    memo: &mut ParseMemo,
+) -> Desired {
     // A blank instance value does not override: it is how consoles "unset" things.
     let oslogin = non_blank(instance.get("enable-oslogin"))
         .or_else(|| project.get("enable-oslogin"))
@@ -127,7 +137,7 @@ pub fn desired_keys(
     let mut seen: HashSet<(String, String)> = HashSet::new();
     for (source, value) in sources {
         let Some(value) = value else { continue };
-        for line in parse_ssh_keys(value) {
+        for line in parse_ssh_keys_memo(value, memo) {
             let entry = match line {
                 Ok(entry) => entry,
                 Err(error) => {
@@ -149,5 +159,6 @@ pub fn desired_keys(
             out.users.entry(entry.user.clone()).or_default().push(entry);
         }
     }
+    memo.finish();
     out
 }

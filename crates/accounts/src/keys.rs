@@ -171,13 +171,44 @@ impl KeyEntry {
 /// Parses a whole metadata value. Blank lines are skipped; every other line
 /// yields a key or an error, in order. Linear in the size of the value.
 pub fn parse_ssh_keys(value: &str) -> Vec<ParsedLine> {
+    parse_ssh_keys_memo(value, &mut ParseMemo::default())
+}
+
+type LineResult = Result<KeyEntry, (Option<String>, KeyError)>;
+
+/// Parsed lines remembered between snapshots: a metadata change usually touches one line among
+/// many, and re-validating a thousand unchanged keys (base64, blob structure) would dominate the
+/// time to apply it. Each call keeps only the lines it saw, so the memo never outgrows the value.
+#[derive(Debug, Default)]
+pub struct ParseMemo {
+    lines: std::collections::HashMap<String, LineResult>,
+    next: std::collections::HashMap<String, LineResult>,
+}
+
+impl ParseMemo {
+    /// Ends a round: lines not seen since the last call are forgotten.
+    pub fn finish(&mut self) {
+        self.lines = std::mem::take(&mut self.next);
+    }
+}
+
+/// [`parse_ssh_keys`] with a memo of already parsed lines (call [`ParseMemo::finish`] after
+/// each snapshot's values are parsed).
+pub fn parse_ssh_keys_memo(value: &str, memo: &mut ParseMemo) -> Vec<ParsedLine> {
     let mut out = Vec::new();
     for (i, line) in value.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line).trim_ascii();
         if line.is_empty() {
             continue;
         }
-        out.push(parse_line(line).map_err(|(user, reason)| LineError {
+        let result = match memo.next.get(line).or_else(|| memo.lines.get(line)) {
+            Some(r) => r.clone(),
+            None => parse_line(line),
+        };
+        memo.next
+            .entry(line.to_string())
+            .or_insert_with(|| result.clone());
+        out.push(result.map_err(|(user, reason)| LineError {
             line_no: i + 1,
             user,
             reason,

@@ -32,8 +32,10 @@ pub mod reconcile;
 pub mod state;
 
 pub use authorized_keys::{ExpiryOption, MARKER};
-pub use desired::{Desired, KeySource, Rejected, desired_keys};
-pub use keys::{AuthorizedKey, KeyEntry, KeyError, LineError, ParsedLine, parse_ssh_keys};
+pub use desired::{Desired, KeySource, Rejected, desired_keys, desired_keys_memo};
+pub use keys::{
+    AuthorizedKey, KeyEntry, KeyError, LineError, ParseMemo, ParsedLine, parse_ssh_keys,
+};
 pub use names::{NameError, validate_username};
 pub use plan::{Action, LocalUser, LocalUsers, Plan, PlanConfig, plan};
 pub use state::{Origin, State, StateError, UserState};

@@ -25,7 +25,10 @@ impl Nss {
         Nss::new("/etc/passwd")
     }
 
-    fn refresh(&self) {
+    /// Re-read `/etc/passwd` if it changed since the last call. Lookups use the copy read here
+    /// (names it lacks still reach NSS), so the daemon calls this once per reconcile rather
+    /// than paying a `stat` per user.
+    pub fn refresh(&self) {
         let Ok(md) = std::fs::metadata(&self.passwd) else {
             *self.cache.borrow_mut() = None;
             return;
@@ -67,7 +70,6 @@ pub fn parse_passwd(text: &str) -> HashMap<String, LocalUser> {
 
 impl LocalUsers for Nss {
     fn lookup(&self, name: &str) -> Option<LocalUser> {
-        self.refresh();
         if let Some((_, map)) = self.cache.borrow().as_ref() {
             if let Some(u) = map.get(name) {
                 return Some(u.clone());
@@ -116,12 +118,18 @@ mod tests {
         let p = dir.path().join("passwd");
         std::fs::write(&p, "a:x:1001:1001::/home/a:/bin/sh\n").unwrap();
         let nss = Nss::new(&p);
+        nss.refresh();
         assert_eq!(nss.lookup("a").unwrap().uid, 1001);
         std::fs::write(
             &p,
             "a:x:1001:1001::/home/a:/bin/sh\nzz-new-user:x:1002:1002::/home/b:/bin/sh\n",
         )
         .unwrap();
+        assert!(
+            nss.lookup("zz-new-user").is_none(),
+            "not re-read before refresh"
+        );
+        nss.refresh();
         assert_eq!(nss.lookup("zz-new-user").unwrap().uid, 1002);
         assert!(nss.lookup("zz-nobody-has-this-name").is_none());
     }

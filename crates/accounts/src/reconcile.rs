@@ -5,9 +5,9 @@
 
 use crate::authorized_keys::{ExpiryOption, key_line};
 use crate::cache;
-use crate::desired::{Desired, desired_keys};
+use crate::desired::{Desired, desired_keys_memo};
 use crate::home::{self, HomeError, Outcome};
-use crate::keys::{KeyEntry, parse_authorized_key};
+use crate::keys::{KeyEntry, ParseMemo, parse_authorized_key};
 use crate::passwd::{Nss, group_exists, uid_min};
 use crate::plan::{Action, LocalUsers, PlanConfig, plan};
 use crate::state::State;
@@ -19,7 +19,7 @@ use gce_agent::fs::{self as afs, WriteOpts};
 use gce_agent::msgid;
 use gce_metadata::model::attribute_is_true;
 use gce_metadata::{Client, Root, Snapshot, ready};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,6 +72,10 @@ pub struct Accounts {
     cache_complete: bool,
     published: BTreeMap<String, String>,
     published_etag: String,
+    /// Parsed key lines and SHA-256 fingerprints carried between snapshots, so one changed key
+    /// among a thousand costs one parse and one hash.
+    memo: ParseMemo,
+    fingerprints: HashMap<String, String>,
 }
 
 impl Accounts {
@@ -100,6 +104,8 @@ impl Accounts {
             cache_complete: false,
             published: BTreeMap::new(),
             published_etag: String::new(),
+            memo: ParseMemo::default(),
+            fingerprints: HashMap::new(),
         }
     }
 
@@ -120,7 +126,13 @@ impl Accounts {
         };
         let root = &snap.value;
         let now = Utc::now();
-        let desired = desired_keys(&root.instance.attributes, &root.project.attributes, now);
+        let desired = desired_keys_memo(
+            &root.instance.attributes,
+            &root.project.attributes,
+            now,
+            &mut self.memo,
+        );
+        self.remember_fingerprints(&desired);
         self.next_expiry = desired.next_expiry;
         if desired.oslogin {
             self.warn_once("oslogin".into(), || {
@@ -138,6 +150,7 @@ impl Accounts {
             self.sudoers_ready = self.ensure_sudoers().await;
         }
 
+        self.nss.refresh();
         let plan = plan(&desired, &self.state, &self.nss, &self.plan_cfg);
         for (user, reason) in &plan.refused {
             let (u, r) = (user.clone(), reason.clone());
@@ -187,6 +200,30 @@ impl Accounts {
             status.push_str(&format!("; next expiry {}", t.format("%Y-%m-%dT%H:%M:%SZ")));
         }
         Ok(status)
+    }
+
+    /// Fingerprints of the keys in `desired`, computed once per distinct key.
+    fn remember_fingerprints(&mut self, desired: &Desired) {
+        let mut next = HashMap::with_capacity(self.fingerprints.len());
+        for e in desired.users.values().flatten() {
+            let fp = match self
+                .fingerprints
+                .remove(&e.key.blob)
+                .or_else(|| next.get(&e.key.blob).cloned())
+            {
+                Some(fp) => fp,
+                None => e.key.fingerprint(),
+            };
+            next.insert(e.key.blob.clone(), fp);
+        }
+        self.fingerprints = next;
+    }
+
+    fn fingerprint(&self, e: &KeyEntry) -> String {
+        self.fingerprints
+            .get(&e.key.blob)
+            .cloned()
+            .unwrap_or_else(|| e.key.fingerprint())
     }
 
     fn report_rejected(&mut self, desired: &Desired) {
@@ -412,9 +449,9 @@ impl Accounts {
             let Some(entries) = desired.users.get(user) else {
                 continue;
             };
-            let pairs: Vec<(&KeyEntry, String)> = entries
+            let pairs: Vec<(&KeyEntry, String, String)> = entries
                 .iter()
-                .map(|e| (e, key_line(e, self.plan_cfg.expiry)))
+                .map(|e| (e, key_line(e, self.plan_cfg.expiry), self.fingerprint(e)))
                 .collect();
             want.insert(user.clone(), cache::render(&pairs));
         }

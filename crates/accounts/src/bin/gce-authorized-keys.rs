@@ -97,6 +97,7 @@ fn from_metadata(user: &str) -> Vec<cache::CachedKey> {
                 (
                     e,
                     gce_accounts::authorized_keys::key_line(e, gce_accounts::ExpiryOption::None),
+                    e.key.fingerprint(),
                 )
             })
             .collect();

@@ -1,0 +1,272 @@
+//! gce-demo: the whole product on a plain Linux box, in a private sandbox (mount + network + pid
+//! namespaces: private /etc, /home, /run; loopback and one veth only). It starts the metadata
+//! emulator, the accounts and ip-forwarding daemons and a real sshd, pushes a short-lived key with
+//! gce-ssh, logs in and runs `id`, waits for the expiry and shows the login refused, then shows a
+//! forwarded IP becoming a local route and a startup script's output in the log. Every step is
+//! printed with its time. Run as root: `scripts/demo`.
+
+use gce_testkit::{Sshd, bin, sandbox_main, temp_dir};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Clock(Instant);
+
+impl Clock {
+    fn say(&self, msg: &str) {
+        println!("[{:>7.3}s] {msg}", self.0.elapsed().as_secs_f64());
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn put(addr: &str, path: &str, json: &str) {
+    let mut s = TcpStream::connect(addr).expect("emulator");
+    write!(s, "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}", json.len()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "emulator refused {path}: {resp}"
+    );
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("emulator");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().expect(cmd[0]);
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Kill(Vec<Child>);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn main() {
+    sandbox_main();
+    let clock = Clock(Instant::now());
+    clock.say("sandbox ready: private /etc, /home, /run and network namespace (host users and routes untouched)");
+    let dir = temp_dir("demo");
+    let cfg = dir.join("instance_configs.cfg");
+    std::fs::write(&cfg, "").unwrap();
+    let mut procs = Kill(Vec::new());
+
+    let mut emu = Command::new(bin("gce-metadata-emulator"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("emulator");
+    let mut line = String::new();
+    BufReader::new(emu.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().trim_start_matches("listening on ").to_string();
+    let addr = url.trim_start_matches("http://").to_string();
+    procs.0.push(emu);
+    clock.say(&format!("metadata emulator listening on {url}"));
+
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0-peer",
+    ]);
+    sh(&[
+        "ip",
+        "link",
+        "set",
+        "eth0",
+        "address",
+        "42:01:0a:8a:00:07",
+        "up",
+    ]);
+    sh(&["ip", "link", "set", "eth0-peer", "up"]);
+    clock.say("NIC eth0 (veth) carries the metadata MAC 42:01:0a:8a:00:07");
+
+    for daemon in ["gce-accounts-daemon", "gce-ip-forwarding-daemon"] {
+        let log = std::fs::File::create(dir.join(format!("{daemon}.log"))).unwrap();
+        let child = Command::new(bin(daemon))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--lock-file")
+            .arg(dir.join(format!("{daemon}.lock")))
+            .env("GCE_METADATA_HOST", &addr)
+            .stderr(log)
+            .spawn()
+            .expect(daemon);
+        procs.0.push(child);
+    }
+    let sshd = Sshd::start("");
+    std::thread::sleep(Duration::from_millis(300));
+    clock.say(&format!(
+        "gce-accounts-daemon, gce-ip-forwarding-daemon and sshd (127.0.0.1:{}) running",
+        sshd.port
+    ));
+
+    let t = Instant::now();
+    let out = Command::new(bin("gce-ssh"))
+        .args([
+            "--endpoint",
+            &url,
+            "--user",
+            "demo",
+            "--port",
+            &sshd.port.to_string(),
+            "--ttl",
+            "8s",
+            "--push-only",
+            "--timings",
+        ])
+        .output()
+        .expect("gce-ssh");
+    assert!(
+        out.status.success(),
+        "gce-ssh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    clock.say(&format!(
+        "gce-ssh pushed an 8 s key for user \"demo\" and the guest confirmed it in {:.0} ms:",
+        t.elapsed().as_secs_f64() * 1e3
+    ));
+    for l in String::from_utf8_lossy(&out.stderr).lines() {
+        println!("            {l}");
+    }
+    let keys = get(&addr, "/computeMetadata/v1/instance/attributes/ssh-keys");
+    println!("            ssh-keys metadata: {}", keys.trim());
+    let expire = keys
+        .split("\"expireOn\":\"")
+        .nth(1)
+        .map(|s| s[..19].to_string())
+        .unwrap_or_default();
+
+    let t = Instant::now();
+    let login = sshd.login("demo", std::path::Path::new(&key), "id");
+    assert!(
+        login.status.success(),
+        "login failed: {}\n{}",
+        String::from_utf8_lossy(&login.stderr),
+        sshd.log()
+    );
+    clock.say(&format!(
+        "ssh demo@127.0.0.1 id  ({:.0} ms):",
+        t.elapsed().as_secs_f64() * 1e3
+    ));
+    println!(
+        "            {}",
+        String::from_utf8_lossy(&login.stdout).trim()
+    );
+
+    clock.say(&format!(
+        "waiting for the key to expire at {expire}Z (the metadata server is not asked again)..."
+    ));
+    let expire_at = chrono_free_parse(&expire);
+    loop {
+        let l = sshd.login("demo", std::path::Path::new(&key), "id");
+        if !l.status.success() {
+            let now = unix_ms();
+            clock.say(&format!(
+                "ssh after expiry refused {} ms after expireOn: {}",
+                now - expire_at * 1000,
+                String::from_utf8_lossy(&l.stderr).trim()
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let t = Instant::now();
+    put(
+        &addr,
+        "/emulator/doc/instance/networkInterfaces/0/forwardedIps",
+        r#"["10.9.8.7"]"#,
+    );
+    let route = loop {
+        let r = sh(&["ip", "route", "show", "table", "local", "proto", "66"]);
+        if r.contains("10.9.8.7") {
+            break r;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "route never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    clock.say(&format!("forwarded IP 10.9.8.7 set in metadata; {:.1} ms later `ip route show table local proto 66`:", t.elapsed().as_secs_f64() * 1e3));
+    println!("            {}", route.trim());
+
+    put(
+        &addr,
+        "/emulator/doc/instance/attributes/startup-script",
+        r##""#!/bin/bash\necho hello from the startup script\nuname -s""##,
+    );
+    let out = Command::new(bin("gce-metadata-script-runner"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("startup")
+        .env("GCE_METADATA_HOST", &addr)
+        .output()
+        .expect("runner");
+    clock.say("startup-script set in metadata; gce-metadata-script-runner startup logged:");
+    for l in String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("startup-script"))
+    {
+        println!("            {l}");
+    }
+    clock.say("the accounts daemon's log tells the story:");
+    let log = std::fs::read_to_string(dir.join("gce-accounts-daemon.log")).unwrap_or_default();
+    for l in log.lines().filter(|l| l.contains("USER=")) {
+        println!("            {l}");
+    }
+    let _ = std::fs::remove_file(&key);
+    drop(procs);
+    clock.say("done: the sandbox, its users and routes vanish with it");
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `YYYY-mm-ddTHH:MM:SS` (UTC) to unix seconds, without a date library.
+fn chrono_free_parse(s: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).unwrap_or(0);
+    let (y, m, d, hh, mm, ss) = (n(0..4), n(5..7), n(8..10), n(11..13), n(14..16), n(17..19));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    days * 86400 + hh * 3600 + mm * 60 + ss
+}
