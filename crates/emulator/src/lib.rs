@@ -169,7 +169,7 @@ impl Emulator {
 
     /// Bind `addr` (e.g. `127.0.0.1:0`) and serve on a spawned task.
     pub async fn start(self, addr: &str) -> std::io::Result<RunningEmulator> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = bind(addr).await?;
         let local = listener.local_addr()?;
         let app = router(self.shared.clone());
         let listener = conn::KillListener {
@@ -189,6 +189,30 @@ impl Emulator {
             task: Some(task),
         })
     }
+}
+
+/// Bind with a listen backlog of 4096 (tokio's `bind` uses 1024): thousands of agents
+/// reconnecting at once must not see dropped SYNs, each of which costs a 1 s retransmit.
+async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for sa in tokio::net::lookup_host(addr).await? {
+        let socket = if sa.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(sa).and_then(|()| socket.listen(4096)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("no address for {addr}"),
+        )
+    }))
 }
 
 fn router(shared: Arc<Shared>) -> Router {
