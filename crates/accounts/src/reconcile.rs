@@ -242,7 +242,10 @@ impl Accounts {
         for action in actions {
             let ok = match action {
                 Action::CreateUser { .. } => match self
-                    .run_template(&self.cfg.useradd_cmd.clone(), &[("user", user)])
+                    .run_template(
+                        &self.cfg.useradd_cmd.clone(),
+                        &[("user", user), ("groups", &self.new_user_groups())],
+                    )
                     .await
                 {
                     Ok(()) => {
@@ -265,16 +268,11 @@ impl Accounts {
                 }
                 Action::WriteKeys { lines, .. } => self.write_keys(user, lines),
                 Action::AddToSudoers { .. } => {
-                    if created_now {
-                        let mut groups: Vec<String> = self
-                            .cfg
-                            .groups
-                            .iter()
-                            .filter(|g| group_exists(g))
-                            .cloned()
-                            .collect();
-                        groups.push(self.cfg.sudoers_group.clone());
-                        let groups = groups.join(",");
+                    if created_now && self.cfg.useradd_cmd.contains("{groups}") {
+                        // useradd already put the new user in its groups: one exec, not two.
+                        true
+                    } else if created_now {
+                        let groups = self.new_user_groups();
                         self.run_logged(
                             &self.cfg.usermod_cmd.clone(),
                             &[("user", user), ("groups", &groups)],
@@ -362,6 +360,19 @@ impl Accounts {
                 false
             }
         }
+    }
+
+    /// A new user's supplementary groups: the configured ones that exist, and the sudoers group.
+    fn new_user_groups(&self) -> String {
+        let mut groups: Vec<String> = self
+            .cfg
+            .groups
+            .iter()
+            .filter(|g| group_exists(g))
+            .cloned()
+            .collect();
+        groups.push(self.cfg.sudoers_group.clone());
+        groups.join(",")
     }
 
     async fn run_template(

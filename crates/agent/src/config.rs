@@ -430,7 +430,12 @@ impl Config {
         let accounts = Accounts {
             deprovision_remove: r.get_bool(A, "deprovision_remove", false, w),
             groups: r.get_list(A, "groups", DEFAULT_GROUPS, w),
-            useradd_cmd: r.get_str(A, "useradd_cmd", "useradd -m -s /bin/bash -p * {user}", w),
+            useradd_cmd: r.get_str(
+                A,
+                "useradd_cmd",
+                "useradd -m -s /bin/bash -p * -G {groups} {user}",
+                w,
+            ),
             userdel_cmd: r.get_str(A, "userdel_cmd", "userdel -r {user}", w),
             usermod_cmd: r.get_str(A, "usermod_cmd", "usermod -G {groups} {user}", w),
             groupadd_cmd: r.get_str(A, "groupadd_cmd", "groupadd {group}", w),
@@ -619,7 +624,7 @@ mod tests {
         );
         assert_eq!(
             c.accounts.useradd_cmd,
-            "useradd -m -s /bin/bash -p * {user}"
+            "useradd -m -s /bin/bash -p * -G {groups} {user}"
         );
         assert_eq!(c.accounts.sudoers_group, "google-sudoers");
         assert!(c.accounts.allowed_system_users.is_empty());

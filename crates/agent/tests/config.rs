@@ -61,7 +61,7 @@ fn precedence_template_over_admin_over_distro_over_default() {
             "Accounts",
             "useradd_cmd",
             ["t-add {user}", "a-add {user}", "d-add {user}"],
-            "useradd -m -s /bin/bash -p * {user}",
+            "useradd -m -s /bin/bash -p * -G {groups} {user}",
             |c| c.accounts.useradd_cmd.clone(),
         ),
         (
