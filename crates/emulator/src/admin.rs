@@ -38,8 +38,8 @@ fn bad(msg: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": msg.into()}))).into_response()
 }
 
-fn parse(body: &Bytes) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| bad(format!("body is not JSON: {e}")))
+fn parse(body: &Bytes) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))
 }
 
 async fn get_doc(State(shared): State<Arc<Shared>>) -> Json<Value> {
@@ -52,7 +52,7 @@ async fn put_doc(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             handle(&shared).set_doc(v);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(msg) => bad(msg),
     }
 }
 
@@ -90,7 +90,7 @@ async fn put_at(
             handle(&shared).set(&format!("/{pointer}"), v);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(msg) => bad(msg),
     }
 }
 
@@ -126,7 +126,7 @@ fn fault_from_json(v: &Value) -> Option<Fault> {
 async fn add_fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let v = match parse(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(msg) => return bad(msg),
     };
     match fault_from_json(&v) {
         Some(f) => {
