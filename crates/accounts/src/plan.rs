@@ -204,6 +204,16 @@ pub fn plan(desired: &Desired, state: &State, local: &dyn LocalUsers, cfg: &Plan
                 }
             }
             (None, Some(remembered)) => {
+                // A created account that stays (deprovision_remove=false) keeps its record, with
+                // no keys and no sudo, so that if the user comes back it is still known as
+                // ours and not mistaken for an adopted one.
+                let keep_record = remembered.origin == Origin::Created
+                    && account.is_some()
+                    && !(cfg.deprovision_remove && !reserved);
+                let retired = keep_record && remembered.keys.is_empty() && !remembered.in_sudoers;
+                if retired {
+                    continue;
+                }
                 if account.is_some() {
                     out.actions.push(Action::WriteKeys {
                         user: user.clone(),
@@ -215,7 +225,9 @@ pub fn plan(desired: &Desired, state: &State, local: &dyn LocalUsers, cfg: &Plan
                         out.actions.push(Action::DeleteUser { user: user.clone() });
                     }
                 }
-                out.actions.push(Action::Forget { user });
+                if !keep_record {
+                    out.actions.push(Action::Forget { user });
+                }
             }
             (None, None) => unreachable!("name comes from desired or state"),
         }

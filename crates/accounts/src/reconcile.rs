@@ -195,7 +195,13 @@ impl Accounts {
         self.publish(&desired, root, &snap.etag).await;
 
         let keys: usize = self.state.users.values().map(|u| u.keys.len()).sum();
-        let mut status = format!("{} users, {keys} keys managed", self.state.users.len());
+        let with_keys = self
+            .state
+            .users
+            .values()
+            .filter(|u| !u.keys.is_empty())
+            .count();
+        let mut status = format!("{with_keys} users, {keys} keys managed");
         if let Some(t) = self.next_expiry {
             status.push_str(&format!("; next expiry {}", t.format("%Y-%m-%dT%H:%M:%SZ")));
         }

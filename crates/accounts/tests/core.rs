@@ -1486,12 +1486,42 @@ fn plan_rules() {
             refused: vec![],
         },
         Row {
-            rule: "created user removed without deprovision_remove: kept",
+            rule: "created user removed without deprovision_remove: kept, and its record too",
             desired: desired(""),
             state: state(&[("alice", managed(Origin::Created, &[ED]))]),
             local: local(&[("alice", 1001, bash)]),
             cfg: keep.clone(),
-            actions: vec![write("alice", &[]), unsudo("alice"), forget("alice")],
+            actions: vec![write("alice", &[]), unsudo("alice")],
+            refused: vec![],
+        },
+        Row {
+            rule: "a retired created user (no keys, no sudo) needs nothing",
+            desired: desired(""),
+            state: state(&[(
+                "alice",
+                UserState {
+                    in_sudoers: false,
+                    ..managed(Origin::Created, &[])
+                },
+            )]),
+            local: local(&[("alice", 1001, bash)]),
+            cfg: keep.clone(),
+            actions: vec![],
+            refused: vec![],
+        },
+        Row {
+            rule: "a retired created user who returns is still ours, not adopted",
+            desired: desired(&format!("alice:{ED}")),
+            state: state(&[(
+                "alice",
+                UserState {
+                    in_sudoers: false,
+                    ..managed(Origin::Created, &[])
+                },
+            )]),
+            local: local(&[("alice", 1001, bash)]),
+            cfg: keep.clone(),
+            actions: vec![sudo("alice"), write("alice", &[ED])],
             refused: vec![],
         },
         Row {

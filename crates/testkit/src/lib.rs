@@ -261,11 +261,12 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Dura
 /// binaries are not in `CARGO_BIN_EXE_*`, so `scripts/test` builds them all first.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let p = profile_dir.join(name);
+    // Tests and benches run from target/<profile>/deps/, programs from target/<profile>/.
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
