@@ -8,9 +8,12 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// Identity of a version of /etc/passwd: inode, mtime (s, ns), size.
+type FileId = (u64, i64, i64, u64);
+
 pub struct Nss {
     passwd: PathBuf,
-    cache: RefCell<Option<((u64, i64, i64, u64), HashMap<String, LocalUser>)>>,
+    cache: RefCell<Option<(FileId, HashMap<String, LocalUser>)>>,
 }
 
 impl Nss {
@@ -70,10 +73,10 @@ pub fn parse_passwd(text: &str) -> HashMap<String, LocalUser> {
 
 impl LocalUsers for Nss {
     fn lookup(&self, name: &str) -> Option<LocalUser> {
-        if let Some((_, map)) = self.cache.borrow().as_ref() {
-            if let Some(u) = map.get(name) {
-                return Some(u.clone());
-            }
+        if let Some((_, map)) = self.cache.borrow().as_ref()
+            && let Some(u) = map.get(name)
+        {
+            return Some(u.clone());
         }
         let u = nix::unistd::User::from_name(name).ok().flatten()?;
         Some(LocalUser {

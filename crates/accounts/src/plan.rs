@@ -209,7 +209,7 @@ pub fn plan(desired: &Desired, state: &State, local: &dyn LocalUsers, cfg: &Plan
                 // ours and not mistaken for an adopted one.
                 let keep_record = remembered.origin == Origin::Created
                     && account.is_some()
-                    && !(cfg.deprovision_remove && !reserved);
+                    && (!cfg.deprovision_remove || reserved);
                 let retired = keep_record && remembered.keys.is_empty() && !remembered.in_sudoers;
                 if retired {
                     continue;

@@ -421,15 +421,15 @@ impl Accounts {
         }
         let want = format!("%{g} ALL=(ALL:ALL) NOPASSWD:ALL\n");
         let have = afs::read_nofollow(&self.paths.sudoers, 4096).ok().flatten();
-        if have.as_deref() != Some(want.as_bytes()) {
-            if let Err(e) = afs::write_atomic(
+        if have.as_deref() != Some(want.as_bytes())
+            && let Err(e) = afs::write_atomic(
                 &self.paths.sudoers,
                 want.as_bytes(),
                 &WriteOpts::new(0o440).owner(0, 0),
-            ) {
-                error!("writing {}: {e}", self.paths.sudoers.display());
-                return false;
-            }
+            )
+        {
+            error!("writing {}: {e}", self.paths.sudoers.display());
+            return false;
         }
         true
     }
@@ -492,11 +492,11 @@ impl Accounts {
         let opts = WriteOpts::new(0o644).owner(0, 0);
         let mut ok = true;
         for (user, text) in &want {
-            if self.cache_written.get(user) != Some(text) || !self.cache_complete {
-                if let Err(e) = afs::write_atomic_at(dfd.as_fd(), user, text.as_bytes(), &opts) {
-                    error!(USER = %user, "cache write failed: {e}");
-                    ok = false;
-                }
+            if (self.cache_written.get(user) != Some(text) || !self.cache_complete)
+                && let Err(e) = afs::write_atomic_at(dfd.as_fd(), user, text.as_bytes(), &opts)
+            {
+                error!(USER = %user, "cache write failed: {e}");
+                ok = false;
             }
         }
         // Remove files of users who no longer have keys (including leftovers of a past run).
