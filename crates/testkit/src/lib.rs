@@ -92,23 +92,48 @@ fn setup_inside() -> Result<(), String> {
     sh(&["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", stage])?;
     sh(&["cp", "-a", "/etc", &format!("{stage}/etc")])?;
     sh(&["mount", "--bind", &format!("{stage}/etc"), "/etc"])?;
-    for dir in ["/home", "/run", "/var/lib/google", "/tmp"] {
+    // The build's binaries must stay reachable even when the checkout lives under one of the
+    // directories replaced below (CI may clone into /home or /run): keep a handle on the target
+    // directory and bind it back into place afterwards.
+    let keep = target_dir();
+    let stash = format!("{stage}/keep");
+    std::fs::create_dir_all(&stash).map_err(|e| e.to_string())?;
+    sh(&["mount", "--bind", &keep.to_string_lossy(), &stash])?;
+    for dir in ["/home", "/run", "/var/lib/google"] {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let mode = if dir == "/tmp" {
-            "mode=1777"
-        } else {
-            "mode=0755"
-        };
-        sh(&["mount", "-t", "tmpfs", "-o", mode, "tmpfs", dir])?;
+        sh(&["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", dir])?;
+        if keep.starts_with(dir) {
+            std::fs::create_dir_all(&keep).map_err(|e| e.to_string())?;
+            sh(&["mount", "--bind", &stash, &keep.to_string_lossy()])?;
+        }
     }
     std::fs::create_dir_all("/run/sshd").map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(SANDBOX_TMP).map_err(|e| e.to_string())?;
     sh(&["ip", "link", "set", "lo", "up"])?;
     Ok(())
 }
 
+/// Scratch space inside the sandbox (the private /run); /tmp itself is left alone because a
+/// checkout may live there.
+const SANDBOX_TMP: &str = "/run/gce-testkit";
+
+/// The cargo target directory of the running program (`…/target`), or its own directory.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == "target"))
+        .unwrap_or_else(|| exe.parent().expect("exe dir"))
+        .to_path_buf()
+}
+
 /// A private temporary directory (inside the sandbox's /tmp).
 pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let base = if std::env::var_os(INNER).is_some() {
+        PathBuf::from(SANDBOX_TMP)
+    } else {
+        std::env::temp_dir()
+    };
+    let d = base.join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
