@@ -212,14 +212,21 @@ async fn attributes(
     }
 }
 
-/// A fresh 0700 directory (mkdtemp) under `parent`, or under `/run` (root) / `$TMPDIR`.
+/// A fresh 0700 directory (mkdtemp) under `parent`; without one, under the first of
+/// `/var/lib/google`, `/run`, `$TMPDIR` that is writable and allows execution — Debian mounts
+/// `/run` noexec, and a script written there could not be run.
 fn private_dir(kind: ScriptKind, parent: Option<&Path>) -> Result<PathBuf, RunError> {
+    let usable = |p: &Path| {
+        nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok()
+            && nix::sys::statvfs::statvfs(p)
+                .is_ok_and(|v| !v.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC))
+    };
     let parent = match parent {
         Some(p) => p.to_path_buf(),
-        None if nix::unistd::access("/run", nix::unistd::AccessFlags::W_OK).is_ok() => {
-            PathBuf::from("/run")
-        }
-        None => std::env::temp_dir(),
+        None => [PathBuf::from("/var/lib/google"), PathBuf::from("/run")]
+            .into_iter()
+            .find(|p| usable(p))
+            .unwrap_or_else(std::env::temp_dir),
     };
     let template = parent.join(format!("gce-{kind}-scripts.XXXXXX"));
     nix::unistd::mkdtemp(&template).map_err(|error| RunError::RunDir { dir: parent, error })

@@ -118,3 +118,47 @@ async fn unreachable_metadata_and_bad_arguments_fail() {
     let out = runner(&["reboot"], &closed.to_string(), dir.path()).await;
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Without `run_dir`, the runner must not write scripts where they cannot be executed: Debian
+/// mounts `/run` noexec. Here `/run` and `/var/lib/google` are noexec tmpfs in a private mount
+/// namespace (root only), and the script must still run (from `$TMPDIR`).
+#[tokio::test]
+async fn e2e_default_run_dir_skips_noexec_mounts() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root for a private mount namespace");
+        return;
+    }
+    let emu = Emulator::with_default_doc()
+        .start("127.0.0.1:0")
+        .await
+        .unwrap();
+    emu.handle()
+        .set_instance_attribute("startup-script", "#!/bin/sh\necho ran-from-an-exec-mount");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("empty.cfg");
+    std::fs::write(&cfg, "").unwrap();
+    let lockdir = dir.path().join("lock");
+    let inner = format!(
+        "mount --make-rprivate / && mount -t tmpfs -o noexec tmpfs /run && \
+         mkdir -p /var/lib/google && mount -t tmpfs -o noexec tmpfs /var/lib/google && \
+         exec {} --config {} startup",
+        env!("CARGO_BIN_EXE_gce-metadata-script-runner"),
+        cfg.display()
+    );
+    let out = tokio::process::Command::new("unshare")
+        .args(["--mount", "--fork", "sh", "-c", &inner])
+        .env("GCE_METADATA_HOST", emu.metadata_host())
+        .env("GCE_AGENT_RUN_DIR", &lockdir)
+        .env("TMPDIR", dir.path())
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .await
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("startup-script: ran-from-an-exec-mount"),
+        "{log}"
+    );
+    assert!(log.contains("exited with status 0"), "{log}");
+}
