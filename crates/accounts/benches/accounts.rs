@@ -68,6 +68,10 @@ fn main() {
         .arg("--lock-file")
         .arg(dir.join("lock"))
         .env("GCE_METADATA_HOST", emu.metadata_host())
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
@@ -152,6 +156,17 @@ fn main() {
         "one changed key among 1,000 users: median {m:.2} ms, p90 {p:.2} ms (n={})",
         s.len()
     );
+    if std::env::var_os("BENCH_DAEMON_LOG").is_some() {
+        let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("reconcile timings"))
+            .rev()
+            .take(5)
+        {
+            println!("    {l}");
+        }
+    }
     println!(
         "daemon RSS with 1,000 managed users: {:.1} MiB",
         rss_1000 as f64 / 1024.0

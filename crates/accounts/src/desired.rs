@@ -6,7 +6,7 @@
 //! when the next kept key expires so the daemon can arm a timer instead of
 //! waiting for the next metadata change.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -134,7 +134,6 @@ pub fn desired_keys_memo(
         project_keys_blocked,
         ..Desired::default()
     };
-    let mut seen: HashSet<(String, String)> = HashSet::new();
     for (source, value) in sources {
         let Some(value) = value else { continue };
         for line in parse_ssh_keys_memo(value, memo) {
@@ -149,14 +148,19 @@ pub fn desired_keys_memo(
                 out.expired.push(entry);
                 continue;
             }
-            // Identical lines (same user, same key text) collapse to the first.
-            if !seen.insert((entry.user.clone(), entry.raw.clone())) {
-                continue;
-            }
+            // Identical lines (same user, same key text) collapse to the first. A user has a few
+            // keys, so a scan of theirs beats hashing every line.
             if let Some(e) = entry.expires {
+                // A duplicate has the same expiry, so counting it here changes nothing.
                 out.next_expiry = Some(out.next_expiry.map_or(e, |n| n.min(e)));
             }
-            out.users.entry(entry.user.clone()).or_default().push(entry);
+            match out.users.get_mut(&entry.user) {
+                Some(list) if list.iter().any(|k| k.raw == entry.raw) => continue,
+                Some(list) => list.push(entry),
+                None => {
+                    out.users.insert(entry.user.clone(), vec![entry]);
+                }
+            }
         }
     }
     memo.finish();

@@ -201,13 +201,23 @@ pub fn parse_ssh_keys_memo(value: &str, memo: &mut ParseMemo) -> Vec<ParsedLine>
         if line.is_empty() {
             continue;
         }
-        let result = match memo.next.get(line).or_else(|| memo.lines.get(line)) {
-            Some(r) => r.clone(),
-            None => parse_line(line),
+        // Move the remembered result (and its key) into this round's map: one clone per line
+        // for the caller, no re-parse, no new key allocation.
+        let result = match memo.lines.remove_entry(line) {
+            Some((key, r)) => {
+                let out = r.clone();
+                memo.next.insert(key, r);
+                out
+            }
+            None => match memo.next.get(line) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = parse_line(line);
+                    memo.next.insert(line.to_string(), r.clone());
+                    r
+                }
+            },
         };
-        memo.next
-            .entry(line.to_string())
-            .or_insert_with(|| result.clone());
         out.push(result.map_err(|(user, reason)| LineError {
             line_no: i + 1,
             user,

@@ -22,6 +22,7 @@ mod sha256;
 
 pub mod authorized_keys;
 pub mod cache;
+pub mod delta;
 pub mod desired;
 pub mod home;
 pub mod keys;

@@ -5,6 +5,7 @@
 
 use crate::authorized_keys::{ExpiryOption, key_line};
 use crate::cache;
+use crate::delta::{self, Inputs};
 use crate::desired::{Desired, desired_keys_memo};
 use crate::home::{self, HomeError, Outcome};
 use crate::keys::{KeyEntry, ParseMemo, parse_authorized_key};
@@ -76,6 +77,9 @@ pub struct Accounts {
     /// among a thousand costs one parse and one hash.
     memo: ParseMemo,
     fingerprints: HashMap<String, String>,
+    /// The inputs and result of the last pass, for the incremental path ([`delta`]).
+    inputs: Option<Inputs>,
+    desired: Option<Desired>,
 }
 
 impl Accounts {
@@ -106,6 +110,8 @@ impl Accounts {
             published_etag: String::new(),
             memo: ParseMemo::default(),
             fingerprints: HashMap::new(),
+            inputs: None,
+            desired: None,
         }
     }
 
@@ -125,14 +131,30 @@ impl Accounts {
             return Ok("waiting for metadata".into());
         };
         let root = &snap.value;
+        let started = std::time::Instant::now();
         let now = Utc::now();
-        let desired = desired_keys_memo(
-            &root.instance.attributes,
-            &root.project.attributes,
-            now,
-            &mut self.memo,
-        );
-        self.remember_fingerprints(&desired);
+        // Only the users whose lines changed, when that gives the same answer as a full pass.
+        let inputs = Inputs::of(&root.instance.attributes, &root.project.attributes);
+        let mut cached = self.desired.take();
+        let dirty = match (&self.inputs, cached.as_mut()) {
+            (Some(prev), Some(d)) => delta::update(prev, d, &inputs, now),
+            _ => None,
+        };
+        let desired = match (&dirty, cached) {
+            (Some(_), Some(d)) => d,
+            _ => desired_keys_memo(
+                &root.instance.attributes,
+                &root.project.attributes,
+                now,
+                &mut self.memo,
+            ),
+        };
+        self.inputs = Some(inputs);
+        match &dirty {
+            Some(users) => self.add_fingerprints(&desired, users),
+            None => self.remember_fingerprints(&desired),
+        }
+        let t_desired = started.elapsed();
         self.next_expiry = desired.next_expiry;
         if desired.oslogin {
             self.warn_once("oslogin".into(), || {
@@ -151,7 +173,26 @@ impl Accounts {
         }
 
         self.nss.refresh();
-        let plan = plan(&desired, &self.state, &self.nss, &self.plan_cfg);
+        let plan = match &dirty {
+            Some(users) => {
+                let part = Desired {
+                    users: users
+                        .iter()
+                        .filter_map(|u| desired.users.get(u).map(|k| (u.clone(), k.clone())))
+                        .collect(),
+                    ..Desired::default()
+                };
+                let state = State {
+                    version: self.state.version,
+                    users: users
+                        .iter()
+                        .filter_map(|u| self.state.users.get(u).map(|s| (u.clone(), s.clone())))
+                        .collect(),
+                };
+                plan(&part, &state, &self.nss, &self.plan_cfg)
+            }
+            None => plan(&desired, &self.state, &self.nss, &self.plan_cfg),
+        };
         for (user, reason) in &plan.refused {
             let (u, r) = (user.clone(), reason.clone());
             self.warn_once(
@@ -188,12 +229,22 @@ impl Accounts {
             group.sort_by_key(priority);
             changed |= self.apply_user(&user, &group).await;
         }
+        let t_applied = started.elapsed();
         if changed {
             self.save_state();
         }
-        self.update_cache(&desired);
-        self.publish(&desired, root, &snap.etag).await;
+        let t_state = started.elapsed();
+        self.update_cache(&desired, dirty.as_ref());
+        let t_cache = started.elapsed();
+        self.publish(&desired, root, &snap.etag, dirty.as_ref())
+            .await;
+        debug!(
+            "reconcile timings: desired {t_desired:?}, applied {t_applied:?}, state saved {t_state:?}, \
+             cache {t_cache:?}, published {:?}",
+            started.elapsed()
+        );
 
+        self.desired = Some(desired);
         let keys: usize = self.state.users.values().map(|u| u.keys.len()).sum();
         let with_keys = self
             .state
@@ -223,6 +274,16 @@ impl Accounts {
             next.insert(e.key.blob.clone(), fp);
         }
         self.fingerprints = next;
+    }
+
+    /// Adds the fingerprints of `users`' keys (incremental pass; nothing is forgotten).
+    fn add_fingerprints(&mut self, desired: &Desired, users: &BTreeSet<String>) {
+        for e in users.iter().filter_map(|u| desired.users.get(u)).flatten() {
+            if !self.fingerprints.contains_key(&e.key.blob) {
+                self.fingerprints
+                    .insert(e.key.blob.clone(), e.key.fingerprint());
+            }
+        }
     }
 
     fn fingerprint(&self, e: &KeyEntry) -> String {
@@ -457,10 +518,13 @@ impl Accounts {
     }
 
     /// The AuthorizedKeysCommand cache: a file per managed user with keys.
-    fn update_cache(&mut self, desired: &Desired) {
+    /// Writes the cache files of `only` (all users when `None` or before the first full write).
+    fn update_cache(&mut self, desired: &Desired, only: Option<&BTreeSet<String>>) {
+        let only = only.filter(|_| self.cache_complete);
+        let considered = |u: &String| only.is_none_or(|d| d.contains(u));
         let mut want: BTreeMap<String, String> = BTreeMap::new();
         for (user, us) in &self.state.users {
-            if us.keys.is_empty() {
+            if us.keys.is_empty() || !considered(user) {
                 continue;
             }
             let Some(entries) = desired.users.get(user) else {
@@ -472,7 +536,7 @@ impl Accounts {
                 .collect();
             want.insert(user.clone(), cache::render(&pairs));
         }
-        if want == self.cache_written && self.cache_complete {
+        if only.is_none() && want == self.cache_written && self.cache_complete {
             return;
         }
         let dir = self.paths.cache_dir.clone();
@@ -499,6 +563,16 @@ impl Accounts {
                 ok = false;
             }
         }
+        if let Some(only) = only {
+            for user in only {
+                if !want.contains_key(user) && self.cache_written.remove(user).is_some() {
+                    let _ = afs::remove_at(dfd.as_fd(), user);
+                }
+            }
+            self.cache_written.extend(want);
+            self.cache_complete = ok;
+            return;
+        }
         // Remove files of users who no longer have keys (including leftovers of a past run).
         if let Ok(rd) = std::fs::read_dir(dir) {
             for ent in rd.flatten() {
@@ -516,7 +590,14 @@ impl Accounts {
     }
 
     /// Ready markers for clients (gce-ssh), when guest attributes are enabled.
-    async fn publish(&mut self, desired: &Desired, root: &Root, etag: &str) {
+    /// Publishes the markers of `only` (all users when `None`).
+    async fn publish(
+        &mut self,
+        desired: &Desired,
+        root: &Root,
+        etag: &str,
+        only: Option<&BTreeSet<String>>,
+    ) {
         let inst = &root.instance.attributes;
         let key = "enable-guest-attributes";
         let enabled = match inst.get(key) {
@@ -527,9 +608,10 @@ impl Accounts {
             return;
         }
         let now = Utc::now();
+        let considered = |u: &String| only.is_none_or(|d| d.contains(u));
         let mut want: BTreeMap<String, String> = BTreeMap::new();
         for (user, us) in &self.state.users {
-            if us.keys.is_empty() {
+            if us.keys.is_empty() || !considered(user) {
                 continue;
             }
             let fps: Vec<String> = desired
@@ -538,7 +620,7 @@ impl Accounts {
                 .map(|es| {
                     es.iter()
                         .filter(|e| !e.is_expired(now))
-                        .map(|e| e.key.fingerprint())
+                        .map(|e| self.fingerprint(e))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -562,7 +644,7 @@ impl Accounts {
         let gone: Vec<String> = self
             .published
             .keys()
-            .filter(|u| !want.contains_key(*u))
+            .filter(|u| considered(u) && !want.contains_key(*u))
             .cloned()
             .collect();
         for user in gone {
@@ -715,10 +797,13 @@ impl Service for Accounts {
         {
             self.retry_at = None;
         }
+        // Timers (expiry, creation retry) need a full pass: nothing in metadata changed.
+        self.inputs = None;
         self.reconcile().await.map(Some)
     }
 
     async fn reload(&mut self, config: &Config) {
+        self.inputs = None;
         self.cfg = config.accounts.clone();
         self.plan_cfg.deprovision_remove = config.accounts.deprovision_remove;
         self.plan_cfg.allowed_system_users = config.accounts.allowed_system_users.clone();
