@@ -37,20 +37,8 @@ pub fn sandbox(test_name: &str) -> bool {
         eprintln!("SKIPPED {test_name}: needs root and unshare to build a private namespace");
         return false;
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--net",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            "--",
-        ])
-        .arg(exe)
+    let out = rerun_inside()
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
-        .env(INNER, "1")
         .stdin(Stdio::null())
         .output()
         .expect("running unshare");
@@ -67,6 +55,25 @@ pub fn sandbox(test_name: &str) -> bool {
         "sandboxed run did not execute {test_name}"
     );
     false
+}
+
+/// This program again, in new mount, network and pid namespaces, marked as the inner run;
+/// the caller adds the arguments.
+fn rerun_inside() -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--net",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--",
+    ])
+    .arg(exe)
+    .env(INNER, "1");
+    cmd
 }
 
 fn sh(args: &[&str]) -> Result<(), String> {
@@ -312,20 +319,8 @@ pub fn sandbox_main() {
         eprintln!("needs root and unshare (it builds a private mount+net namespace)");
         std::process::exit(2);
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let status = Command::new("unshare")
-        .args([
-            "--mount",
-            "--net",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            "--",
-        ])
-        .arg(exe)
+    let status = rerun_inside()
         .args(std::env::args_os().skip(1))
-        .env(INNER, "1")
         .status()
         .expect("running unshare");
     std::process::exit(status.code().unwrap_or(1));
