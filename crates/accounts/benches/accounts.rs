@@ -6,7 +6,7 @@
 //! cargo bench -p gce-accounts --bench accounts`). Needs root.
 
 use gce_metadata_emulator::Emulator;
-use gce_testkit::{Sshd, bin, keypair, median_p90, sandbox_main, temp_dir};
+use gce_testkit::{Sshd, bin, daemon_command, keypair, median_p90, sandbox_main, temp_dir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,11 +45,6 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--bench" || a == "--test")
-        && std::env::var_os("GCE_TESTKIT_INNER").is_none()
-    {
-        // cargo bench passes --bench; fine, we ignore it.
-    }
     sandbox_main();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -62,19 +57,19 @@ fn main() {
     let h = emu.handle();
     let dir = temp_dir("bench");
     std::fs::write(dir.join("cfg"), "").unwrap();
-    let mut daemon = Command::new(bin("gce-accounts-daemon"))
-        .arg("--config")
-        .arg(dir.join("cfg"))
-        .arg("--lock-file")
-        .arg(dir.join("lock"))
-        .env("GCE_METADATA_HOST", emu.metadata_host())
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = daemon_command(
+        &bin("gce-accounts-daemon"),
+        &dir.join("cfg"),
+        &dir.join("lock"),
+        &emu.metadata_host(),
+    )
+    .env(
+        "RUST_LOG",
+        std::env::var("BENCH_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+    )
+    .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+    .spawn()
+    .unwrap();
     let keys = temp_dir("keys");
     let pubs: Vec<String> = (0..8).map(|i| keypair(&keys, &format!("k{i}")).1).collect();
     let mut lines: Vec<String> = Vec::new();
@@ -272,15 +267,15 @@ fn main() {
     daemon.kill().unwrap();
     let _ = daemon.wait();
     h.set_instance_attribute("ssh-keys", &lines[..5].join("\n"));
-    let mut fresh = Command::new(bin("gce-accounts-daemon"))
-        .arg("--config")
-        .arg(dir.join("cfg"))
-        .arg("--lock-file")
-        .arg(dir.join("lock2"))
-        .env("GCE_METADATA_HOST", emu.metadata_host())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut fresh = daemon_command(
+        &bin("gce-accounts-daemon"),
+        &dir.join("cfg"),
+        &dir.join("lock2"),
+        &emu.metadata_host(),
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     println!(
         "idle RSS (fresh daemon, 5 users, after the first applies): {:.2} MiB",

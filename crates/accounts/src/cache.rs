@@ -45,10 +45,8 @@ pub fn parse(text: &str) -> Vec<CachedKey> {
         .collect()
 }
 
-/// The lines to print at `now` (unix seconds), only the offered key's when `fingerprint` is given.
-/// `now > expires` means expired, as for metadata keys; `expires` has whole-second precision, so
-/// the comparison with sub-second `now` is done by the caller passing `now` rounded down plus the
-/// fraction check (see `valid_at`).
+/// The lines to print at `now_unix_ms`, only the offered key's when `fingerprint` is given. A
+/// key is valid while now <= expireOn (whole seconds), as for metadata keys.
 pub fn valid_lines<'a>(
     keys: &'a [CachedKey],
     now_unix_ms: i64,

@@ -115,10 +115,6 @@ impl Accounts {
         }
     }
 
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
     fn warn_once(&mut self, key: String, msg: impl FnOnce()) {
         if self.warned.insert(key) {
             msg();

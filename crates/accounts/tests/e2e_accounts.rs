@@ -3,7 +3,7 @@
 //! copy of /etc, empty /home and /run), against the metadata emulator.
 
 use gce_metadata_emulator::{Emulator, RunningEmulator};
-use gce_testkit::{Sshd, keypair, sandbox, temp_dir, wait_until};
+use gce_testkit::{Sshd, daemon_command, keypair, sandbox, temp_dir, wait_until};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,18 +56,17 @@ impl World {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .unwrap();
-        let child = Command::new(DAEMON)
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--lock-file")
-            .arg(self.dir.join("daemon.lock"))
-            .arg("-v")
-            .env("GCE_METADATA_HOST", &self.host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = daemon_command(
+            Path::new(DAEMON),
+            &cfg,
+            &self.dir.join("daemon.lock"),
+            &self.host,
+        )
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
         self.daemon = Some(child);
     }
 

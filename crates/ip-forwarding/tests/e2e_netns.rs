@@ -15,13 +15,7 @@ const NIC0: &str = "/instance/networkInterfaces/0";
 
 async fn setup(opts: Options) -> (gce_metadata_emulator::RunningEmulator, Daemon, Netlink) {
     add_nic("eth0", MAC0);
-    let emu = Emulator::with_default_doc()
-        .start("127.0.0.1:0")
-        .await
-        .unwrap();
-    let daemon = Daemon::start(&emu.metadata_host(), opts);
-    let nl = Netlink::open().unwrap();
-    (emu, daemon, nl)
+    setup_existing(opts).await
 }
 
 #[test]

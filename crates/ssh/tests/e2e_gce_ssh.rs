@@ -3,7 +3,7 @@
 //! publishes the ready marker, a real sshd accepts the login, and after expiry it refuses.
 
 use gce_metadata_emulator::Emulator;
-use gce_testkit::{Sshd, bin, sandbox, temp_dir, wait_until};
+use gce_testkit::{Sshd, bin, daemon_command, sandbox, temp_dir, wait_until};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,15 +22,15 @@ fn e2e_gce_ssh_pushes_logs_in_and_the_key_expires() {
         .unwrap();
     let dir = temp_dir("gce-ssh");
     std::fs::write(dir.join("cfg"), "").unwrap();
-    let mut daemon = Command::new(bin("gce-accounts-daemon"))
-        .arg("--config")
-        .arg(dir.join("cfg"))
-        .arg("--lock-file")
-        .arg(dir.join("lock"))
-        .env("GCE_METADATA_HOST", emu.metadata_host())
-        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = daemon_command(
+        &bin("gce-accounts-daemon"),
+        &dir.join("cfg"),
+        &dir.join("lock"),
+        &emu.metadata_host(),
+    )
+    .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+    .spawn()
+    .unwrap();
     let sshd = Sshd::start("");
     // Let the daemon apply its first snapshot so the push below measures a change.
     std::thread::sleep(Duration::from_millis(300));

@@ -289,6 +289,19 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Dura
     }
 }
 
+/// A daemon pointed at a metadata server: `program --config CONFIG --lock-file LOCK` with
+/// `GCE_METADATA_HOST`, stdin closed. The caller adds flags and output, then spawns it.
+pub fn daemon_command(program: &Path, config: &Path, lock: &Path, metadata_host: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--lock-file")
+        .arg(lock)
+        .env("GCE_METADATA_HOST", metadata_host)
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// A workspace binary built next to the running test (`target/<profile>/<name>`); other packages'
 /// binaries are not in `CARGO_BIN_EXE_*`, so `scripts/test` builds them all first.
 pub fn bin(name: &str) -> PathBuf {

@@ -5,7 +5,7 @@
 //! forwarded IP becoming a local route and a startup script's output in the log. Every step is
 //! printed with its time. Run as root: `scripts/demo`.
 
-use gce_testkit::{Sshd, bin, sandbox_main, temp_dir};
+use gce_testkit::{Sshd, bin, daemon_command, sandbox_main, temp_dir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -111,15 +111,15 @@ fn main() {
 
     for daemon in ["gce-accounts-daemon", "gce-ip-forwarding-daemon"] {
         let log = std::fs::File::create(dir.join(format!("{daemon}.log"))).unwrap();
-        let child = Command::new(bin(daemon))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--lock-file")
-            .arg(dir.join(format!("{daemon}.lock")))
-            .env("GCE_METADATA_HOST", &addr)
-            .stderr(log)
-            .spawn()
-            .expect(daemon);
+        let child = daemon_command(
+            &bin(daemon),
+            &cfg,
+            &dir.join(format!("{daemon}.lock")),
+            &addr,
+        )
+        .stderr(log)
+        .spawn()
+        .expect(daemon);
         procs.0.push(child);
     }
     let sshd = Sshd::start("");
