@@ -46,11 +46,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn main() {
     sandbox_main();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = gce_testkit::BackgroundRuntime::new();
     let emu = rt
         .block_on(Emulator::with_default_doc().start("127.0.0.1:0"))
         .unwrap();

@@ -9,7 +9,7 @@ use crate::delta::{self, Inputs};
 use crate::desired::{Desired, desired_keys_memo};
 use crate::home::{self, HomeError, Outcome};
 use crate::keys::{KeyEntry, ParseMemo, parse_authorized_key};
-use crate::passwd::{Nss, group_exists, uid_min};
+use crate::passwd::{Nss, uid_min};
 use crate::plan::{Action, LocalUsers, PlanConfig, plan};
 use crate::state::State;
 use chrono::{DateTime, Utc};
@@ -91,9 +91,17 @@ impl Accounts {
             allowed_system_users: config.accounts.allowed_system_users.clone(),
             expiry: ExpiryOption::None,
         };
+        let nss = Nss::new(&paths.passwd);
+        nss.look_everywhere_for(
+            state
+                .users
+                .iter()
+                .filter(|(_, u)| u.origin == crate::state::Origin::Adopted)
+                .map(|(name, _)| name),
+        );
         Accounts {
             cfg: config.accounts.clone(),
-            nss: Nss::new(&paths.passwd),
+            nss,
             paths,
             plan_cfg,
             client,
@@ -213,6 +221,7 @@ impl Accounts {
         }
 
         let mut changed = !creating.is_empty();
+        let mut new_users: Vec<(String, Vec<Action>)> = Vec::new();
         let mut i = 0;
         while i < plan.actions.len() {
             let user = plan.actions[i].user().to_string();
@@ -223,8 +232,14 @@ impl Accounts {
             }
             // Keys first: login works as soon as the file is there; sudo follows.
             group.sort_by_key(priority);
-            changed |= self.apply_user(&user, &group).await;
+            if matches!(group.first(), Some(Action::CreateUser { .. })) {
+                new_users.push((user, group));
+            } else {
+                changed |= self.apply_user(&user, &group, None).await;
+            }
         }
+        // Existing users first (no exec for a key change), then the slow useradd runs.
+        changed |= self.create_users(new_users).await;
         let t_applied = started.elapsed();
         if changed {
             self.save_state();
@@ -298,33 +313,96 @@ impl Accounts {
         }
     }
 
-    /// Runs one user's actions; returns whether the state changed.
-    async fn apply_user(&mut self, user: &str, actions: &[Action]) -> bool {
+    /// Runs `useradd_cmd` for each new user, up to `create_parallelism` at once, and each user's
+    /// remaining actions (keys, then sudo) as soon as that user's useradd is done.
+    async fn create_users(&mut self, users: Vec<(String, Vec<Action>)>) -> bool {
+        if users.is_empty() {
+            return false;
+        }
+        let groups = self.new_user_groups();
+        let limit = self.cfg.create_parallelism.max(1);
+        let mut queue = users.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut changed = false;
+        loop {
+            while running.len() < limit {
+                let Some((user, actions)) = queue.next() else {
+                    break;
+                };
+                let argv = config::expand_command(
+                    &self.cfg.useradd_cmd,
+                    &[("user", &user), ("groups", &groups)],
+                );
+                running.spawn(async move {
+                    let res = cmd::run(&argv, &RunOpts::with_timeout(CMD_TIMEOUT)).await;
+                    (user, actions, res.map(|_| ()))
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            match done {
+                Ok((user, actions, res)) => {
+                    changed |= self.apply_user(&user, &actions, Some(res)).await;
+                }
+                // A panic aborts the process (panic = "abort"); cancellation does not happen.
+                Err(e) => error!("user creation task failed: {e}"),
+            }
+        }
+        changed
+    }
+
+    /// Runs one user's actions; returns whether the state changed. `created` is the outcome of
+    /// this user's useradd when [`Self::create_users`] already ran it.
+    async fn apply_user(
+        &mut self,
+        user: &str,
+        actions: &[Action],
+        created: Option<Result<(), cmd::CmdError>>,
+    ) -> bool {
         let mut changed = false;
         let mut created_now = false;
+        let mut created = created;
         for action in actions {
             let ok = match action {
-                Action::CreateUser { .. } => match self
-                    .run_template(
-                        &self.cfg.useradd_cmd.clone(),
-                        &[("user", user), ("groups", &self.new_user_groups())],
-                    )
-                    .await
-                {
-                    Ok(()) => {
-                        info!(USER = %user, MESSAGE_ID = msgid::USER_CREATED, "created user {user}");
-                        created_now = true;
-                        true
+                Action::CreateUser { .. } => {
+                    let res = match created.take() {
+                        Some(res) => res,
+                        None => {
+                            let groups = self.new_user_groups();
+                            self.run_template(
+                                &self.cfg.useradd_cmd.clone(),
+                                &[("user", user), ("groups", &groups)],
+                            )
+                            .await
+                        }
+                    };
+                    match res {
+                        Ok(()) => {
+                            info!(USER = %user, MESSAGE_ID = msgid::USER_CREATED, "created user {user}");
+                            created_now = true;
+                            true
+                        }
+                        Err(e) => {
+                            if self.exists_elsewhere(user) {
+                                // useradd refused a name another NSS source (LDAP, sssd,
+                                // systemd-homed…) already has: not ours, so adopt it.
+                                info!(USER = %user, "user {user} exists outside /etc/passwd; managing its keys (adopted: never deleted)");
+                                self.state.record(&Action::Adopt {
+                                    user: user.to_string(),
+                                });
+                                changed = true;
+                                continue;
+                            }
+                            let n = self.state.record_create_failure(user);
+                            let delay = Duration::from_secs(1u64 << n.min(8)).min(RETRY_MAX);
+                            let at = tokio::time::Instant::now() + delay;
+                            self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+                            warn!(USER = %user, "creating user {user} failed (attempt {n}, retry in {delay:?}): {e}");
+                            return true;
+                        }
                     }
-                    Err(e) => {
-                        let n = self.state.record_create_failure(user);
-                        let delay = Duration::from_secs(1u64 << n.min(8)).min(RETRY_MAX);
-                        let at = tokio::time::Instant::now() + delay;
-                        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
-                        warn!(USER = %user, "creating user {user} failed (attempt {n}, retry in {delay:?}): {e}");
-                        return true;
-                    }
-                },
+                }
                 Action::Adopt { .. } => {
                     info!(USER = %user, "managing keys of existing user {user} (adopted: never deleted)");
                     true
@@ -352,7 +430,7 @@ impl Accounts {
                 }
                 Action::RemoveFromSudoers { .. } => {
                     let g = self.cfg.sudoers_group.clone();
-                    if is_member(user, &g) {
+                    if self.nss.is_member(user, &g) {
                         self.run_logged(
                             &self.cfg.gpasswd_remove_cmd.clone(),
                             &[("user", user), ("group", &g)],
@@ -425,13 +503,18 @@ impl Accounts {
         }
     }
 
+    /// Whether `user`, whose creation just failed, exists through NSS but not in /etc/passwd.
+    fn exists_elsewhere(&self, user: &str) -> bool {
+        self.nss.in_files(user).is_none() && self.nss.lookup_everywhere(user).is_some()
+    }
+
     /// A new user's supplementary groups: the configured ones that exist, and the sudoers group.
     fn new_user_groups(&self) -> String {
         let mut groups: Vec<String> = self
             .cfg
             .groups
             .iter()
-            .filter(|g| group_exists(g))
+            .filter(|g| self.nss.group_exists(g))
             .cloned()
             .collect();
         groups.push(self.cfg.sudoers_group.clone());
@@ -462,7 +545,7 @@ impl Accounts {
     /// The sudoers group and `/etc/sudoers.d/google_sudoers` (0440), created once.
     async fn ensure_sudoers(&mut self) -> bool {
         let g = self.cfg.sudoers_group.clone();
-        if !group_exists(&g)
+        if !self.nss.group_exists(&g)
             && !self
                 .run_logged(&self.cfg.groupadd_cmd.clone(), &[("group", &g)])
                 .await
@@ -685,10 +768,6 @@ fn priority(a: &Action) -> u8 {
         Action::DeleteUser { .. } => 4,
         Action::Forget { .. } => 5,
     }
-}
-
-fn is_member(user: &str, group: &str) -> bool {
-    matches!(nix::unistd::Group::from_name(group), Ok(Some(g)) if g.mem.iter().any(|m| m == user))
 }
 
 fn log_key_changes(user: &str, old: &[String], new: &[String]) {

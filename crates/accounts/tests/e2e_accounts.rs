@@ -12,7 +12,7 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_gce-accounts-daemon");
 const AKC: &str = env!("CARGO_BIN_EXE_gce-authorized-keys");
 
 struct World {
-    rt: tokio::runtime::Runtime,
+    rt: gce_testkit::BackgroundRuntime,
     emu: Option<RunningEmulator>,
     host: String,
     dir: PathBuf,
@@ -22,11 +22,7 @@ struct World {
 
 impl World {
     fn new(config: &str) -> World {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = gce_testkit::BackgroundRuntime::new();
         let emu = rt
             .block_on(Emulator::with_default_doc().start("127.0.0.1:0"))
             .unwrap();

@@ -136,6 +136,7 @@ pub async fn run_status(argv: &[String], opts: &RunOpts) -> Result<Output, CmdEr
     {
         cmd.env_remove(var);
     }
+    let started = std::time::Instant::now();
     let mut child = cmd.spawn().map_err(|source| CmdError::Spawn {
         program: program.clone(),
         source,
@@ -210,6 +211,7 @@ pub async fn run_status(argv: &[String], opts: &RunOpts) -> Result<Output, CmdEr
         }
     };
 
+    tracing::debug!(program = %program, "{program} exited ({status}) after {:?}", started.elapsed());
     for line in String::from_utf8_lossy(&err_buf).lines() {
         if !line.trim().is_empty() {
             tracing::debug!(program = %program, "stderr: {line}");

@@ -350,6 +350,10 @@ pub struct Accounts {
     pub allowed_system_users: Vec<String>,
     /// Group that gets passwordless sudo via `/etc/sudoers.d/google_sudoers`.
     pub sudoers_group: String,
+    /// Our extension: how many `useradd_cmd` runs may be in flight at once when one change adds
+    /// several users (shadow's useradd serialises its file edits with `lckpwdf`, so its start-up,
+    /// home directory and skeleton copy overlap safely). 1 runs them one by one.
+    pub create_parallelism: usize,
 }
 
 /// `[Daemons]`: which daemons should act at all.
@@ -443,6 +447,14 @@ impl Config {
             gpasswd_remove_cmd: r.get_str(A, "gpasswd_remove_cmd", "gpasswd -d {user} {group}", w),
             allowed_system_users: r.get_list(A, "allowed_system_users", "", w),
             sudoers_group: r.get_str(A, "sudoers_group", "google-sudoers", w),
+            create_parallelism: usize::try_from(r.get_u64_in(
+                A,
+                "create_parallelism",
+                4,
+                1..=64,
+                w,
+            ))
+            .unwrap_or(4),
         };
         let daemons = Daemons {
             accounts_daemon: r.get_bool(D, "accounts_daemon", true, w),

@@ -1,21 +1,15 @@
 //! `gce-clock-skew-daemon`: long-polls the drift token and steps the clock on change.
 
-use clap::Parser;
 use gce_agent::CommonArgs;
 use gce_clock_skew::{ClockSkew, RealClock};
 
 const NAME: &str = "gce-clock-skew-daemon";
 
-#[derive(Debug, Parser)]
-#[command(name = NAME, version, about = "Step the system clock when the GCE drift token changes")]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+const ABOUT: &str = "Step the system clock when the GCE drift token changes";
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let config = gce_agent::daemon::start(NAME, &cli.common);
+    let cli = CommonArgs::from_env(NAME, ABOUT);
+    let config = gce_agent::daemon::start(NAME, &cli);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -28,7 +22,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(gce_agent::daemon::run(
         NAME,
-        &cli.common,
+        &cli,
         config,
         |config, _client| {
             let enabled = config.daemons.clock_skew_daemon;

@@ -56,7 +56,10 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One thread serves thousands of parked long polls (the fanout bench); a multi-thread
+    // runtime would also unify tokio's rt-multi-thread feature (and libm) into the daemons when
+    // the workspace is built together.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting tokio")?;

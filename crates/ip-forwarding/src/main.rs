@@ -2,7 +2,6 @@
 //! [`Forwarder`] in the shared daemon loop until SIGTERM (or after one snapshot with `--once`).
 
 use anyhow::Context;
-use clap::Parser;
 use gce_agent::CommonArgs;
 use gce_agent::daemon;
 use gce_ip_forwarding::{Forwarder, Netlink, options_from_config};
@@ -11,17 +10,10 @@ use tracing::{error, info};
 
 const NAME: &str = "gce-ip-forwarding-daemon";
 
-/// Keeps local routes for forwarded IPs, alias ranges and target-instance IPs in step with the
-/// GCE metadata server.
-#[derive(Debug, Parser)]
-#[command(name = NAME, version)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+const ABOUT: &str = "Keeps local routes for forwarded IPs, alias ranges and target-instance IPs in step with GCE metadata";
 
 fn main() -> ExitCode {
-    let args = Cli::parse().common;
+    let args = CommonArgs::from_env(NAME, ABOUT);
     let config = daemon::start(NAME, &args);
     if !config.daemons.network_daemon {
         info!("disabled by [Daemons] network_daemon = false; exiting");

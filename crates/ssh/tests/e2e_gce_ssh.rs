@@ -12,11 +12,7 @@ fn e2e_gce_ssh_pushes_logs_in_and_the_key_expires() {
     if !sandbox("e2e_gce_ssh_pushes_logs_in_and_the_key_expires") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = gce_testkit::BackgroundRuntime::new();
     let emu = rt
         .block_on(Emulator::with_default_doc().start("127.0.0.1:0"))
         .unwrap();

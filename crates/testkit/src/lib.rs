@@ -346,3 +346,59 @@ pub fn median_p90(samples: &mut [Duration]) -> (f64, f64) {
     let n = samples.len();
     (ms(samples[n / 2]), ms(samples[(n * 9 / 10).min(n - 1)]))
 }
+
+/// A single-threaded tokio runtime driven by its own thread, for tests and benchmarks that run a
+/// server (the emulator) while the test thread blocks. Unlike a multi-thread runtime it needs no
+/// `rt-multi-thread` feature, so building the benchmarks does not unify that feature (and the
+/// `libm` it drags in through `powf`) into the daemons under test.
+pub struct BackgroundRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundRuntime {
+    pub fn new() -> BackgroundRuntime {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("test-runtime".into())
+            .spawn(move || {
+                // While this thread sits in block_on, the runtime's IO and timers are driven, so
+                // spawned tasks run and Handle::block_on from other threads works.
+                let _ = rt.block_on(stopped);
+            })
+            .expect("runtime thread");
+        BackgroundRuntime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `fut` to completion from the calling (non-runtime) thread.
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.handle.block_on(fut)
+    }
+}
+
+impl Default for BackgroundRuntime {
+    fn default() -> Self {
+        BackgroundRuntime::new()
+    }
+}
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
