@@ -88,6 +88,28 @@ fn main() {
         "new user + key: median {m:.2} ms, p90 {p:.2} ms (n={})",
         s.len()
     );
+    // The floor under that figure: the same useradd command line, run directly in this sandbox.
+    let mut s = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        let st = Command::new("useradd")
+            .args([
+                "-m",
+                "-s",
+                "/bin/bash",
+                "-p",
+                "*",
+                "-G",
+                "adm,dip,plugdev,video,google-sudoers",
+            ])
+            .arg(format!("floor{i}"))
+            .status()
+            .unwrap();
+        s.push(t.elapsed());
+        assert!(st.success());
+    }
+    let (m, p) = median_p90(&mut s);
+    println!("  (useradd alone, same command line, no daemon: median {m:.2} ms, p90 {p:.2} ms)");
 
     // 2. Key change for an existing user.
     let mut s = Vec::new();
@@ -113,9 +135,19 @@ fn main() {
     }
     let t = Instant::now();
     h.set_instance_attribute("ssh-keys", &lines.join("\n"));
-    until(Duration::from_secs(120), || {
-        (0..200).all(|i| ak(&format!("batch{i}")).exists())
-    });
+    // Poll cheaply (this loop shares the two cores with the useradd runs it is timing): resume
+    // at the first file still missing, 1 ms between rounds.
+    let mut first_missing = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while first_missing < 200 {
+        while first_missing < 200 && ak(&format!("batch{first_missing}")).exists() {
+            first_missing += 1;
+        }
+        if first_missing < 200 {
+            assert!(Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     println!(
         "200 new users in one change, all keys on disk: {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3

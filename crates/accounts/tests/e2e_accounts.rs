@@ -525,3 +525,130 @@ fn e2e_authorized_keys_command_mode_logs_in_without_a_key_file_and_expires_on_ti
         "expired key refused by the command"
     );
 }
+
+/// Whether nsswitch.conf lists only files/systemd for passwd and group (Debian's default), in
+/// which case the daemon must not map any NSS module.
+fn nsswitch_is_files_only() -> bool {
+    let text = read(Path::new("/etc/nsswitch.conf"));
+    let o = gce_accounts::passwd::parse_nsswitch(&text);
+    !o.passwd && !o.group
+}
+
+#[test]
+fn e2e_many_new_users_in_one_change_all_get_accounts_groups_and_keys() {
+    if !sandbox("e2e_many_new_users_in_one_change_all_get_accounts_groups_and_keys") {
+        return;
+    }
+    let w = World::new("");
+    let keys = temp_dir("keys");
+    let (k, p) = keypair(&keys, "many");
+    let names: Vec<String> = (0..24).map(|i| format!("crowd{i}")).collect();
+    let value: Vec<String> = names.iter().map(|n| format!("{n}:{p}")).collect();
+    w.set_keys(&value.join("\n"));
+    wait_until(Duration::from_secs(30), || {
+        names.iter().all(|n| read(&ak_path(n)).contains(blob(&p)))
+    })
+    .unwrap_or_else(|| panic!("all keys installed: {}", w.log()));
+    // Concurrent useradd runs (create_parallelism 4) lost nothing: distinct uids, every user in
+    // google-sudoers and in the default groups that exist here.
+    let passwd = read(Path::new("/etc/passwd"));
+    let mut uids: Vec<&str> = passwd
+        .lines()
+        .filter(|l| l.starts_with("crowd"))
+        .map(|l| l.split(':').nth(2).unwrap())
+        .collect();
+    assert_eq!(uids.len(), 24, "{passwd}");
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), 24, "distinct uids: {passwd}");
+    let group = read(Path::new("/etc/group"));
+    for g in ["google-sudoers", "adm"] {
+        let line = group
+            .lines()
+            .find(|l| l.starts_with(&format!("{g}:")))
+            .unwrap();
+        let members: Vec<&str> = line.rsplit(':').next().unwrap().split(',').collect();
+        for n in &names {
+            assert!(members.contains(&n.as_str()), "{n} in {g}: {line}");
+        }
+    }
+    let gshadow = read(Path::new("/etc/gshadow"));
+    let line = gshadow
+        .lines()
+        .find(|l| l.starts_with("google-sudoers:"))
+        .unwrap();
+    for n in &names {
+        assert!(line.contains(n.as_str()), "{n} in gshadow: {line}");
+    }
+    let sshd = Sshd::start("");
+    assert!(login_ok(&sshd, "crowd17", &k), "login: {}", sshd.log());
+    // Debian's nsswitch (files systemd): the resident daemon never mapped an NSS module.
+    if nsswitch_is_files_only() {
+        let pid = w.daemon.as_ref().unwrap().id();
+        let maps = read(Path::new(&format!("/proc/{pid}/maps")));
+        assert!(!maps.contains("libnss_"), "NSS module mapped:\n{maps}");
+        assert!(!maps.contains("libm.so"), "libm mapped:\n{maps}");
+    }
+}
+
+/// A name that only another NSS source knows (here a systemd userdb record, as systemd-homed
+/// users are): useradd refuses it, and the daemon adopts it instead of retrying forever — keys
+/// installed in its home, never userdel'd, never added to /etc/passwd.
+#[test]
+fn e2e_a_user_known_only_to_another_nss_source_is_adopted() {
+    if !sandbox("e2e_a_user_known_only_to_another_nss_source_is_adopted") {
+        return;
+    }
+    let nss = read(Path::new("/etc/nsswitch.conf"));
+    if !nss
+        .lines()
+        .any(|l| l.starts_with("passwd:") && l.contains("systemd"))
+    {
+        eprintln!("SKIPPED: nsswitch.conf has no systemd source for passwd");
+        return;
+    }
+    std::fs::create_dir_all("/etc/userdb").unwrap();
+    std::fs::write(
+        "/etc/userdb/homer.user",
+        r#"{"userName":"homer","uid":60123,"gid":60123,"homeDirectory":"/home/homer","shell":"/bin/bash","disposition":"regular"}"#,
+    )
+    .unwrap();
+    assert!(user_exists("homer"), "the userdb record is visible via NSS");
+    std::fs::create_dir_all("/home/homer").unwrap();
+    nix::unistd::chown(
+        "/home/homer",
+        Some(nix::unistd::Uid::from_raw(60123)),
+        Some(nix::unistd::Gid::from_raw(60123)),
+    )
+    .unwrap();
+    let w = World::new("[Accounts]\ndeprovision_remove = true\n");
+    let keys = temp_dir("keys");
+    let (_k, p) = keypair(&keys, "homer");
+    w.set_keys(&format!("homer:{p}"));
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("homer")).contains(blob(&p))
+    })
+    .unwrap_or_else(|| panic!("key installed for the directory user: {}", w.log()));
+    let state_file = Path::new("/var/lib/google/gce-accounts-state.json");
+    // The state is saved once the whole pass is done, just after the key file.
+    wait_until(Duration::from_secs(10), || {
+        let state: serde_json::Value = serde_json::from_str(&read(state_file)).unwrap_or_default();
+        state["users"]["homer"]["origin"] == "adopted"
+            && state["users"]["homer"]["keys"] != serde_json::json!([])
+    })
+    .unwrap_or_else(|| panic!("recorded as adopted: {}", read(state_file)));
+    assert!(!read(Path::new("/etc/passwd")).contains("homer:"));
+    assert!(
+        w.log().contains("exists outside /etc/passwd"),
+        "{}",
+        w.log()
+    );
+    // Gone from metadata with deprovision_remove: keys removed, account untouched.
+    w.set_keys("");
+    wait_until(Duration::from_secs(10), || {
+        !read(&ak_path("homer")).contains(blob(&p))
+    })
+    .expect("managed key removed");
+    assert!(user_exists("homer"));
+    assert!(!w.log().contains("deleted user homer"), "{}", w.log());
+}
