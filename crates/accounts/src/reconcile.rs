@@ -8,7 +8,7 @@ use crate::cache;
 use crate::delta::{self, Inputs};
 use crate::desired::{Desired, desired_keys_memo};
 use crate::home::{self, HomeError, Outcome};
-use crate::keys::{KeyEntry, ParseMemo, parse_authorized_key};
+use crate::keys::{KeyEntry, ParseMemo, google_ssh_expiry, parse_authorized_key};
 use crate::passwd::{Nss, uid_min};
 use crate::plan::{Action, LocalUsers, PlanConfig, plan};
 use crate::state::State;
@@ -99,6 +99,7 @@ impl Accounts {
                 .filter(|(_, u)| u.origin == crate::state::Origin::Adopted)
                 .map(|(name, _)| name),
         );
+        let next_expiry = state_next_expiry(&state, Utc::now());
         Accounts {
             cfg: config.accounts.clone(),
             nss,
@@ -108,7 +109,8 @@ impl Accounts {
             state,
             last: None,
             warned: HashSet::new(),
-            next_expiry: None,
+            // Keys recorded as installed still expire before the first snapshot arrives.
+            next_expiry,
             retry_at: None,
             expiry_checked: false,
             sudoers_ready: false,
@@ -132,7 +134,7 @@ impl Accounts {
     /// Bring the machine in line with the last snapshot at the current time.
     pub async fn reconcile(&mut self) -> anyhow::Result<String> {
         let Some(snap) = self.last.clone() else {
-            return Ok("waiting for metadata".into());
+            return Ok(self.expire_from_state());
         };
         let root = &snap.value;
         let started = std::time::Instant::now();
@@ -268,6 +270,53 @@ impl Accounts {
             status.push_str(&format!("; next expiry {}", t.format("%Y-%m-%dT%H:%M:%SZ")));
         }
         Ok(status)
+    }
+
+    /// Before the first snapshot (a restart while the metadata server is unreachable), the keys
+    /// this daemon installed still expire on time: their `expireOn` is read back from the lines
+    /// recorded in the state file, and expired lines are removed. Nothing is ever added or
+    /// created without metadata.
+    fn expire_from_state(&mut self) -> String {
+        let now = Utc::now();
+        let due: Vec<(String, Vec<String>)> = self
+            .state
+            .users
+            .iter()
+            .filter(|(_, u)| {
+                u.keys
+                    .iter()
+                    .any(|l| line_expiry(l).is_some_and(|t| now > t))
+            })
+            .map(|(name, u)| {
+                let keep = u
+                    .keys
+                    .iter()
+                    .filter(|l| !line_expiry(l).is_some_and(|t| now > t))
+                    .cloned()
+                    .collect();
+                (name.clone(), keep)
+            })
+            .collect();
+        if !due.is_empty() {
+            self.nss.refresh();
+        }
+        for (user, keep) in due {
+            if self.write_keys(&user, &keep) {
+                info!(USER = %user, "expired key removed for {user} (no metadata yet: expiry read from the state file)");
+                self.state.record(&Action::WriteKeys { user, lines: keep });
+                self.save_state();
+            }
+        }
+        // Only expiries still ahead: a line that could not be rewritten must not spin the timer.
+        self.next_expiry = self
+            .state
+            .users
+            .values()
+            .flat_map(|u| u.keys.iter())
+            .filter_map(|l| line_expiry(l))
+            .filter(|t| *t >= now)
+            .min();
+        "waiting for metadata".into()
     }
 
     /// Fingerprints of the keys in `desired`, computed once per distinct key.
@@ -768,6 +817,24 @@ fn priority(a: &Action) -> u8 {
         Action::DeleteUser { .. } => 4,
         Action::Forget { .. } => 5,
     }
+}
+
+/// The `expireOn` of a managed line as recorded in the state file (`google-ssh` comment).
+fn line_expiry(line: &str) -> Option<DateTime<Utc>> {
+    let key = parse_authorized_key(line).ok()?;
+    google_ssh_expiry(&key.comment).ok().flatten()
+}
+
+/// The earliest expiry among the recorded lines still valid at `now`, or an already passed one
+/// (so the timer fires at once); `None` without expiring keys.
+fn state_next_expiry(state: &State, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let all = state
+        .users
+        .values()
+        .flat_map(|u| u.keys.iter())
+        .filter_map(|l| line_expiry(l));
+    let passed = all.clone().filter(|t| now > *t).min();
+    passed.or_else(|| all.min())
 }
 
 fn log_key_changes(user: &str, old: &[String], new: &[String]) {

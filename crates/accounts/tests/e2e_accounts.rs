@@ -652,3 +652,42 @@ fn e2e_a_user_known_only_to_another_nss_source_is_adopted() {
     assert!(user_exists("homer"));
     assert!(!w.log().contains("deleted user homer"), "{}", w.log());
 }
+
+/// Restarted while the metadata server is down: no snapshot ever arrives, yet a key installed
+/// before the restart is removed on time, its expiry read back from the state file.
+#[test]
+fn e2e_a_key_expires_on_time_after_a_restart_with_the_metadata_server_down() {
+    if !sandbox("e2e_a_key_expires_on_time_after_a_restart_with_the_metadata_server_down") {
+        return;
+    }
+    let mut w = World::new("");
+    let keys = temp_dir("keys");
+    let (_k, p) = keypair(&keys, "erin");
+    let (_k2, p2) = keypair(&keys, "erin-forever");
+    // Whole seconds: that is what the expireOn string carries.
+    let at = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 4, 0).unwrap();
+    w.set_keys(&format!("{}\nerin:{p2}", expiring("erin", &p, at)));
+    let state_file = Path::new("/var/lib/google/gce-accounts-state.json");
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("erin")).contains(blob(&p)) && read(state_file).contains(blob(&p))
+    })
+    .expect("installed and recorded");
+    w.kill_daemon();
+    w.stop_emulator();
+    w.start_daemon();
+    let removed = wait_until(Duration::from_secs(10), || {
+        !read(&ak_path("erin")).contains(blob(&p))
+    })
+    .unwrap_or_else(|| panic!("expired key not removed: {}", w.log()));
+    let late = chrono::Utc::now() - at;
+    assert!(
+        late < chrono::Duration::milliseconds(1000),
+        "removed {late:?} after expireOn ({removed:?} of waiting)"
+    );
+    assert!(late > chrono::Duration::zero(), "removed before expireOn");
+    assert!(
+        read(&ak_path("erin")).contains(blob(&p2)),
+        "the other key stays"
+    );
+    assert!(w.log().contains("expiry read from the state file"));
+}
