@@ -96,6 +96,11 @@ where
     let grace = tokio::time::sleep(READY_GRACE);
     tokio::pin!(grace);
     let mut config = config;
+    // Freed heap goes back to the kernel once the daemon has been quiet for a moment (not after
+    // every apply: a burst of changes would then page-fault its working set back in each time).
+    let trim = tokio::time::sleep(TRIM_AFTER);
+    tokio::pin!(trim);
+    let mut trim_pending = false;
 
     loop {
         tokio::select! {
@@ -116,7 +121,8 @@ where
                     }
                     Err(e) => error!(ETAG = %snap.etag, "applying metadata failed, will retry on the next change: {e:#}"),
                 }
-                release_free_heap();
+                trim.as_mut().reset(tokio::time::Instant::now() + TRIM_AFTER);
+                trim_pending = true;
                 if args.once {
                     return Ok(());
                 }
@@ -127,6 +133,11 @@ where
                     Ok(None) => {}
                     Err(e) => error!("{e:#}"),
                 }
+                trim.as_mut().reset(tokio::time::Instant::now() + TRIM_AFTER);
+                trim_pending = true;
+            }
+            () = &mut trim, if trim_pending => {
+                trim_pending = false;
                 release_free_heap();
             }
             () = &mut grace, if !ready => {
@@ -160,7 +171,10 @@ where
     }
 }
 
-/// Hands freed heap pages back to the kernel after an apply. glibc keeps them otherwise: a daemon
+/// Quiet time after an apply before freed heap is returned to the kernel.
+const TRIM_AFTER: Duration = Duration::from_secs(2);
+
+/// Hands freed heap pages back to the kernel once the daemon is idle. glibc keeps them otherwise: a daemon
 /// that once handled a thousand users would idle with that peak as its resident size.
 fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
