@@ -35,10 +35,11 @@ fn blob(public: &str) -> String {
     public.split_whitespace().nth(1).unwrap().to_string()
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `RssAnon:` …).
+fn status_kib(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -161,7 +162,7 @@ fn main() {
     let last = lines.last().unwrap().split(':').next().unwrap().to_string();
     until(Duration::from_secs(300), || ak(&last).exists());
     std::thread::sleep(Duration::from_secs(2));
-    let rss_1000 = rss_kib(daemon.id());
+    let rss_1000 = status_kib(daemon.id(), "VmRSS:");
     let mut s = Vec::new();
     for i in 0..20 {
         let k = (i + 3) % 8;
@@ -305,16 +306,10 @@ fn main() {
     .spawn()
     .unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", fresh.id())).unwrap();
-    let anon = status
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let anon = status_kib(fresh.id(), "RssAnon:");
     println!(
         "RSS of a restarted daemon that dropped 995 of 1,000 users and idles with 5: {:.2} MiB (anon {:.2} MiB); a fresh machine: scripts/bench rss",
-        rss_kib(fresh.id()) as f64 / 1024.0,
+        status_kib(fresh.id(), "VmRSS:") as f64 / 1024.0,
         anon as f64 / 1024.0
     );
     fresh.kill().unwrap();

@@ -182,21 +182,22 @@ impl Nss {
 
     /// Whether a group exists: `/etc/group`, then NSS when nsswitch lists other sources.
     pub fn group_exists(&self, name: &str) -> bool {
-        self.group_members(name).is_some()
+        self.with_group(name, |m| m.is_some())
             || (self.other_sources().group
                 && matches!(nix::unistd::Group::from_name(name), Ok(Some(_))))
     }
 
     /// Whether `user` is a listed member of `group` in `/etc/group` (what gpasswd edits).
     pub fn is_member(&self, user: &str, group: &str) -> bool {
-        self.group_members(group)
-            .is_some_and(|m| m.iter().any(|u| u == user))
+        self.with_group(group, |m| m.is_some_and(|m| m.iter().any(|u| u == user)))
     }
 
-    fn group_members(&self, name: &str) -> Option<Vec<String>> {
-        let mut g = self.group.borrow_mut();
-        g.refresh();
-        g.get().and_then(|m| m.get(name)).cloned()
+    /// `/etc/group` as of the last [`Self::refresh`] (read now if it never was).
+    fn with_group<R>(&self, name: &str, f: impl FnOnce(Option<&Vec<String>>) -> R) -> R {
+        if self.group.borrow().get().is_none() {
+            self.group.borrow_mut().refresh();
+        }
+        f(self.group.borrow().get().and_then(|m| m.get(name)))
     }
 }
 

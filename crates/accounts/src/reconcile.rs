@@ -278,25 +278,18 @@ impl Accounts {
     /// created without metadata.
     fn expire_from_state(&mut self) -> String {
         let now = Utc::now();
-        let due: Vec<(String, Vec<String>)> = self
-            .state
-            .users
-            .iter()
-            .filter(|(_, u)| {
-                u.keys
-                    .iter()
-                    .any(|l| line_expiry(l).is_some_and(|t| now > t))
-            })
-            .map(|(name, u)| {
-                let keep = u
-                    .keys
-                    .iter()
-                    .filter(|l| !line_expiry(l).is_some_and(|t| now > t))
-                    .cloned()
-                    .collect();
-                (name.clone(), keep)
-            })
-            .collect();
+        let mut due: Vec<(String, Vec<String>)> = Vec::new();
+        for (name, u) in &self.state.users {
+            let keep: Vec<String> = u
+                .keys
+                .iter()
+                .filter(|l| line_expiry(l).is_none_or(|t| now <= t))
+                .cloned()
+                .collect();
+            if keep.len() != u.keys.len() {
+                due.push((name.clone(), keep));
+            }
+        }
         if !due.is_empty() {
             self.nss.refresh();
         }
@@ -308,14 +301,7 @@ impl Accounts {
             }
         }
         // Only expiries still ahead: a line that could not be rewritten must not spin the timer.
-        self.next_expiry = self
-            .state
-            .users
-            .values()
-            .flat_map(|u| u.keys.iter())
-            .filter_map(|l| line_expiry(l))
-            .filter(|t| *t >= now)
-            .min();
+        self.next_expiry = state_expiries(&self.state).filter(|t| *t >= now).min();
         "waiting for metadata".into()
     }
 
@@ -378,14 +364,11 @@ impl Accounts {
                 let Some((user, actions)) = queue.next() else {
                     break;
                 };
-                let argv = config::expand_command(
+                let run = run_template(
                     &self.cfg.useradd_cmd,
                     &[("user", &user), ("groups", &groups)],
                 );
-                running.spawn(async move {
-                    let res = cmd::run(&argv, &RunOpts::with_timeout(CMD_TIMEOUT)).await;
-                    (user, actions, res.map(|_| ()))
-                });
+                running.spawn(async move { (user, actions, run.await) });
             }
             let Some(done) = running.join_next().await else {
                 break;
@@ -402,7 +385,8 @@ impl Accounts {
     }
 
     /// Runs one user's actions; returns whether the state changed. `created` is the outcome of
-    /// this user's useradd when [`Self::create_users`] already ran it.
+    /// this user's useradd: a plan's `CreateUser` (always first, see [`priority`]) is run by
+    /// [`Self::create_users`], which passes its result here.
     async fn apply_user(
         &mut self,
         user: &str,
@@ -415,16 +399,9 @@ impl Accounts {
         for action in actions {
             let ok = match action {
                 Action::CreateUser { .. } => {
-                    let res = match created.take() {
-                        Some(res) => res,
-                        None => {
-                            let groups = self.new_user_groups();
-                            self.run_template(
-                                &self.cfg.useradd_cmd.clone(),
-                                &[("user", user), ("groups", &groups)],
-                            )
-                            .await
-                        }
+                    let Some(res) = created.take() else {
+                        error!(USER = %user, "internal: creation of {user} was not run; retried on the next pass");
+                        return changed;
                     };
                     match res {
                         Ok(()) => {
@@ -570,19 +547,8 @@ impl Accounts {
         groups.join(",")
     }
 
-    async fn run_template(
-        &self,
-        template: &str,
-        vars: &[(&str, &str)],
-    ) -> Result<(), cmd::CmdError> {
-        let argv = config::expand_command(template, vars);
-        cmd::run(&argv, &RunOpts::with_timeout(CMD_TIMEOUT))
-            .await
-            .map(|_| ())
-    }
-
     async fn run_logged(&self, template: &str, vars: &[(&str, &str)]) -> bool {
-        match self.run_template(template, vars).await {
+        match run_template(template, vars).await {
             Ok(()) => true,
             Err(e) => {
                 error!("{e}");
@@ -808,6 +774,19 @@ impl Accounts {
     }
 }
 
+/// Expands `template` now and returns the run as an owned future (it can be spawned).
+fn run_template(
+    template: &str,
+    vars: &[(&str, &str)],
+) -> impl std::future::Future<Output = Result<(), cmd::CmdError>> + Send + 'static {
+    let argv = config::expand_command(template, vars);
+    async move {
+        cmd::run(&argv, &RunOpts::with_timeout(CMD_TIMEOUT))
+            .await
+            .map(|_| ())
+    }
+}
+
 fn priority(a: &Action) -> u8 {
     match a {
         Action::CreateUser { .. } | Action::Adopt { .. } => 0,
@@ -828,13 +807,18 @@ fn line_expiry(line: &str) -> Option<DateTime<Utc>> {
 /// The earliest expiry among the recorded lines still valid at `now`, or an already passed one
 /// (so the timer fires at once); `None` without expiring keys.
 fn state_next_expiry(state: &State, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let all = state
+    let all: Vec<DateTime<Utc>> = state_expiries(state).collect();
+    let passed = all.iter().filter(|t| now > **t).min();
+    passed.or_else(|| all.iter().min()).copied()
+}
+
+/// The expiries of every managed line recorded in the state file.
+fn state_expiries(state: &State) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+    state
         .users
         .values()
         .flat_map(|u| u.keys.iter())
-        .filter_map(|l| line_expiry(l));
-    let passed = all.clone().filter(|t| now > *t).min();
-    passed.or_else(|| all.min())
+        .filter_map(|l| line_expiry(l))
 }
 
 fn log_key_changes(user: &str, old: &[String], new: &[String]) {

@@ -8,7 +8,7 @@
 //! cargo bench -p gce-testkit --bench idle_rss`). Needs root.
 
 use gce_metadata_emulator::Emulator;
-use gce_testkit::{BackgroundRuntime, bin, daemon_command, keypair, sandbox_main, temp_dir};
+use gce_testkit::{BackgroundRuntime, bin, daemon_command, keypair, sandbox_main, sh, temp_dir};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -26,11 +26,6 @@ fn kib(text: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(st.success(), "{args:?}");
-}
-
 fn main() {
     sandbox_main();
     let rt = BackgroundRuntime::new();
@@ -44,9 +39,10 @@ fn main() {
         .collect();
     h.set_instance_attribute("ssh-keys", &lines.join("\n"));
     // The metadata NIC, locally: a veth with its MAC; one forwarded IP to route.
-    sh(&[
+    let veth = [
         "ip", "link", "add", "rss0", "type", "veth", "peer", "name", "rss1",
-    ]);
+    ];
+    sh(&veth).unwrap();
     sh(&[
         "ip",
         "link",
@@ -55,7 +51,8 @@ fn main() {
         "address",
         "42:01:0a:8a:00:07",
         "up",
-    ]);
+    ])
+    .unwrap();
     h.set(
         "/instance/networkInterfaces/0/forwardedIps",
         serde_json::json!(["10.138.0.50"]),

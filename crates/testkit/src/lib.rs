@@ -76,7 +76,8 @@ fn rerun_inside() -> Command {
     cmd
 }
 
-fn sh(args: &[&str]) -> Result<(), String> {
+/// Runs `args` (program and arguments, no shell); an error carries its stderr.
+pub fn sh(args: &[&str]) -> Result<(), String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
