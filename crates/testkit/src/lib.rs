@@ -1,5 +1,5 @@
 //! End-to-end test support. A test calls [`sandbox`] first: outside, it re-runs the same test in
-//! a child process under `unshare --mount --net` and reports the child's verdict; inside, it
+//! a child process under `unshare --mount --net --pid --uts --ipc` and reports the child's verdict; inside, it
 //! builds a private world — a copy of `/etc` (passwd, shadow, group, gshadow, sudoers.d …), empty
 //! `/home`, `/run`, `/var/lib/google`, loopback up — and lets the test body run there. Real
 //! useradd, sshd and routes then act on the copies, never on the host.
@@ -66,6 +66,10 @@ fn rerun_inside() -> Command {
         "--mount",
         "--net",
         "--pid",
+        // A private hostname and IPC too: instance setup sets the hostname, which must never
+        // reach the host's.
+        "--uts",
+        "--ipc",
         "--fork",
         "--kill-child",
         "--mount-proc",
