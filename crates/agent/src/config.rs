@@ -387,6 +387,37 @@ pub struct MetadataScripts {
     pub startup_timeout_secs: u64,
 }
 
+/// `[Instance]` (Google's names): where the id of the instance whose first boot was handled is
+/// recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Legacy: the recorded id kept in this file (Python agent); used when the id file is
+    /// missing or empty.
+    pub instance_id: String,
+    /// Directory of `google_instance_id` (default `/etc`). Google's older Go agent used this
+    /// key for the file's full path (`/etc/google_instance_id`); a value whose last component is
+    /// `google_instance_id` is read that way.
+    pub instance_id_dir: String,
+}
+
+/// `[InstanceSetup]`: `gce-instance-setup` (Google's names; `metadata_timeout_secs` is ours).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSetup {
+    /// false: skip everything that needs metadata (which is everything here).
+    pub network_enabled: bool,
+    /// Regenerate SSH host keys when the instance id changes.
+    pub set_host_keys: bool,
+    pub host_key_types: Vec<String>,
+    pub host_key_dir: String,
+    /// Set the hostname from `instance/hostname`. Falls back to Google's newer
+    /// `[Unstable] set_hostname` when only that is set.
+    pub set_hostname: bool,
+    /// Keep the `# Added by Google` lines of /etc/hosts. Falls back to `[Unstable] set_fqdn`.
+    pub set_fqdn: bool,
+    /// How long to keep trying the metadata server before giving up for this boot.
+    pub metadata_timeout_secs: u64,
+}
+
 /// `[Core]`: our own section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Core {
@@ -403,6 +434,8 @@ pub struct Config {
     pub ip_forwarding: IpForwarding,
     pub metadata_scripts: MetadataScripts,
     pub core: Core,
+    pub instance: Instance,
+    pub instance_setup: InstanceSetup,
     raw: RawConfig,
 }
 
@@ -484,12 +517,33 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string),
         };
+        let instance = Instance {
+            instance_id: r.get_str("Instance", "instance_id", "", w).trim().to_string(),
+            instance_id_dir: r.get_str("Instance", "instance_id_dir", "/etc", w),
+        };
+        const S: &str = "InstanceSetup";
+        // Our key in [InstanceSetup] wins; else Google's newer agent's [Unstable] key; else on.
+        let ours_or_unstable = |key: &str, w: &mut Vec<ConfigWarning>| match r.get(S, key) {
+            Some(_) => r.get_bool(S, key, true, w),
+            None => r.get_bool("Unstable", key, true, w),
+        };
+        let instance_setup = InstanceSetup {
+            network_enabled: r.get_bool(S, "network_enabled", true, w),
+            set_host_keys: r.get_bool(S, "set_host_keys", true, w),
+            host_key_types: r.get_list(S, "host_key_types", "ecdsa,ed25519,rsa", w),
+            host_key_dir: r.get_str(S, "host_key_dir", "/etc/ssh", w),
+            set_hostname: ours_or_unstable("set_hostname", w),
+            set_fqdn: ours_or_unstable("set_fqdn", w),
+            metadata_timeout_secs: r.get_u64_in(S, "metadata_timeout_secs", 15, 1..=3600, w),
+        };
         Config {
             accounts,
             daemons,
             ip_forwarding,
             metadata_scripts,
             core,
+            instance,
+            instance_setup,
             raw,
         }
     }
@@ -651,6 +705,35 @@ mod tests {
         assert_eq!(c.metadata_scripts.startup_timeout_secs, 0);
         assert_eq!(c.core.log_level, "info");
         assert_eq!(c.core.metadata_host, None);
+        assert_eq!(c.instance.instance_id_dir, "/etc");
+        assert_eq!(c.instance.instance_id, "");
+        let s = &c.instance_setup;
+        assert!(s.network_enabled && s.set_host_keys && s.set_hostname && s.set_fqdn);
+        assert_eq!(s.host_key_types, ["ecdsa", "ed25519", "rsa"]);
+        assert_eq!(s.host_key_dir, "/etc/ssh");
+        assert_eq!(s.metadata_timeout_secs, 15);
+    }
+
+    /// Google's newer agent keeps its hostname switches in `[Unstable]`; ours win when both are
+    /// set.
+    #[test]
+    fn hostname_switches_honour_googles_unstable_keys() {
+        let rows = [
+            ("", (true, true)),
+            ("[Unstable]\nset_hostname = false\n", (false, true)),
+            ("[Unstable]\nset_fqdn = false\n", (true, false)),
+            (
+                "[Unstable]\nset_hostname = false\n[InstanceSetup]\nset_hostname = true\n",
+                (true, true),
+            ),
+            ("[InstanceSetup]\nset_fqdn = no\n", (true, false)),
+        ];
+        for (text, want) in rows {
+            let (raw, _) = RawConfig::from_text(text, Path::new("t"));
+            let c = Config::from_raw(raw, &mut Vec::new());
+            let s = &c.instance_setup;
+            assert_eq!((s.set_hostname, s.set_fqdn), want, "{text:?}");
+        }
     }
 
     #[test]

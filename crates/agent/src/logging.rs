@@ -24,6 +24,7 @@ pub mod msgid {
     pub const ROUTE_REMOVED: &str = "ca45f7d8c78f482ac582ea7ecf964731";
     pub const CLOCK_STEPPED: &str = "a56833e774dcf4bbd5e410a5bec11431";
     pub const SCRIPT_FINISHED: &str = "8d2cf955bdfa22bc6bcba41aa7dfbdf4";
+    pub const HOST_KEY_GENERATED: &str = "5ea7fe584c6d3a5f88c5117f3a65c9f4";
 }
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -96,6 +97,7 @@ const OUR_CRATES: &[&str] = &[
     "gce_metadata_script_runner",
     "gce_metadata_emulator",
     "gce_ssh",
+    "gce_instance_setup",
 ];
 
 /// True when stderr is connected to the journal and the journal socket exists.
@@ -177,6 +179,7 @@ mod tests {
             msgid::ROUTE_REMOVED,
             msgid::CLOCK_STEPPED,
             msgid::SCRIPT_FINISHED,
+            msgid::HOST_KEY_GENERATED,
         ];
         for id in ids {
             assert_eq!(id.len(), 32, "{id}");
