@@ -518,7 +518,10 @@ impl Config {
                 .map(str::to_string),
         };
         let instance = Instance {
-            instance_id: r.get_str("Instance", "instance_id", "", w).trim().to_string(),
+            instance_id: r
+                .get_str("Instance", "instance_id", "", w)
+                .trim()
+                .to_string(),
             instance_id_dir: r.get_str("Instance", "instance_id_dir", "/etc", w),
         };
         const S: &str = "InstanceSetup";

@@ -33,7 +33,9 @@ pub struct Facts {
 /// Why there are no facts this boot.
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
-    #[error("no usable answer from the metadata server within {after:?} ({attempts} attempts); last error: {last}")]
+    #[error(
+        "no usable answer from the metadata server within {after:?} ({attempts} attempts); last error: {last}"
+    )]
     GaveUp {
         after: Duration,
         attempts: u32,
@@ -84,7 +86,9 @@ pub async fn fetch(client: &Client, timeout: Duration) -> Result<Facts, FactsErr
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        let bound = left.min(Duration::from_secs(10)).max(Duration::from_millis(50));
+        let bound = left
+            .min(Duration::from_secs(10))
+            .max(Duration::from_millis(50));
         let result = match client.get_with_timeout(INSTANCE_PATH, bound).await {
             Ok(resp) => match serde_json::from_slice::<Instance>(&resp.body) {
                 Ok(instance) => {
@@ -132,7 +136,9 @@ pub async fn fetch(client: &Client, timeout: Duration) -> Result<Facts, FactsErr
 /// unusable (logged: publishing is then skipped, nothing else depends on it).
 async fn project_flag(client: &Client, deadline: Instant) -> Option<String> {
     let left = deadline.saturating_duration_since(Instant::now());
-    let bound = left.min(Duration::from_secs(5)).max(Duration::from_millis(50));
+    let bound = left
+        .min(Duration::from_secs(5))
+        .max(Duration::from_millis(50));
     match client
         .get_with_timeout(PROJECT_GUEST_ATTRIBUTES_PATH, bound)
         .await
@@ -161,7 +167,11 @@ mod tests {
             (r#"{}"#, None, false),
             (r#"{}"#, Some("TRUE"), true),
             (r#"{}"#, Some("false"), false),
-            (r#"{"attributes":{"enable-guest-attributes":"TRUE"}}"#, None, true),
+            (
+                r#"{"attributes":{"enable-guest-attributes":"TRUE"}}"#,
+                None,
+                true,
+            ),
             (
                 r#"{"attributes":{"enable-guest-attributes":"true"}}"#,
                 Some("FALSE"),

@@ -77,7 +77,7 @@ fn is_base64(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     !body.is_empty()
         && s.len() - body.len() <= 2
-        && s.len() % 4 == 0
+        && s.len().is_multiple_of(4)
         && body
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
@@ -154,11 +154,8 @@ pub fn plan(
     for t in types {
         let required = configured.iter().any(|c| c == t);
         let state = on_disk.get(t).cloned().unwrap_or_default();
-        let made_for_this_instance = state.private
-            && state
-                .public
-                .as_ref()
-                .is_some_and(|p| p.comment == mark);
+        let made_for_this_instance =
+            state.private && state.public.as_ref().is_some_and(|p| p.comment == mark);
         let reason = if !state.private {
             // Only configured types get here without a private key.
             Some(Reason::Missing)
@@ -311,13 +308,20 @@ mod tests {
         assert_eq!(pub_file("rsa"), "ssh_host_rsa_key.pub");
     }
 
+    /// (algorithm, blob, comment).
+    type Parsed<'a> = Option<(&'a str, &'a str, &'a str)>;
+
     /// Published as gcloud reads it: key = algorithm, value = the base64 blob alone.
     #[test]
     fn public_key_files_parse_into_guest_attributes() {
-        let rows: [(&[u8], Option<(&str, &str, &str)>); 8] = [
+        let rows: [(&[u8], Parsed); 8] = [
             (
                 b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv0 gce-instance-42\n",
-                Some(("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIOv0", "gce-instance-42")),
+                Some((
+                    "ssh-ed25519",
+                    "AAAAC3NzaC1lZDI1NTE5AAAAIOv0",
+                    "gce-instance-42",
+                )),
             ),
             (
                 b"ecdsa-sha2-nistp256 AAAAE2VjZHNh+/A= root@host name\n",

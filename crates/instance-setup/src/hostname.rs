@@ -92,7 +92,11 @@ mod tests {
     fn hostnames_parse_into_fqdn_and_short_name() {
         let ok = [
             ("vm0.c.my-proj.internal", "vm0.c.my-proj.internal", "vm0"),
-            (" vm0.c.my-proj.internal.\n", "vm0.c.my-proj.internal", "vm0"),
+            (
+                " vm0.c.my-proj.internal.\n",
+                "vm0.c.my-proj.internal",
+                "vm0",
+            ),
             ("web-1.example.com", "web-1.example.com", "web-1"),
             ("single", "single", "single"),
             ("Caps.Example", "Caps.Example", "Caps"),

@@ -133,7 +133,11 @@ mod tests {
                 ),
             ),
             // No usable hostname (refused, empty or no IP): only the pin stays.
-            (with_ours.clone(), None, format!("{DEBIAN}{METADATA_LINE}\n")),
+            (
+                with_ours.clone(),
+                None,
+                format!("{DEBIAN}{METADATA_LINE}\n"),
+            ),
             // The admin's own metadata line (unmarked) is respected: no second pin.
             (
                 format!("{DEBIAN}169.254.169.254 metadata.google.internal metadata\n"),
@@ -164,7 +168,11 @@ mod tests {
             // Empty or missing file.
             (String::new(), Some(&vm0), OURS.into()),
             // No final newline: one is added before our lines.
-            ("127.0.0.1 localhost".into(), None, format!("127.0.0.1 localhost\n{METADATA_LINE}\n")),
+            (
+                "127.0.0.1 localhost".into(),
+                None,
+                format!("127.0.0.1 localhost\n{METADATA_LINE}\n"),
+            ),
             // Marker with trailing blanks counts as ours.
             (
                 format!("{DEBIAN}10.0.0.1 old.internal old  # Added by Google \t\n"),
@@ -222,7 +230,11 @@ mod tests {
             .copied()
             .collect();
         out.extend_from_slice(
-            format!("{} {} {}  # Added by Google\n", host.ip, host.fqdn, host.short).as_bytes(),
+            format!(
+                "{} {} {}  # Added by Google\n",
+                host.ip, host.fqdn, host.short
+            )
+            .as_bytes(),
         );
         if !lines(&out).any(|l| l.starts_with(b"169.254.169.254")) {
             out.extend_from_slice(b"169.254.169.254 metadata.google.internal  # Added by Google\n");

@@ -90,9 +90,19 @@ mod tests {
         };
         let rows: [(Option<&[u8]>, &str, Boot, bool); 9] = [
             // Ordinary reboot: both Google formats, with or without the newline.
-            (Some(b"5737554347302044216\n"), "", Boot::SameInstance, false),
+            (
+                Some(b"5737554347302044216\n"),
+                "",
+                Boot::SameInstance,
+                false,
+            ),
             (Some(b"5737554347302044216"), "", Boot::SameInstance, false),
-            (Some(b"  5737554347302044216 \r\n"), "", Boot::SameInstance, false),
+            (
+                Some(b"  5737554347302044216 \r\n"),
+                "",
+                Boot::SameInstance,
+                false,
+            ),
             // A clone of an image: another id recorded.
             (Some(b"123\n"), "", new(Some("123")), true),
             // Nothing recorded anywhere.
@@ -102,7 +112,12 @@ mod tests {
             (None, "5737554347302044216", Boot::SameInstance, true),
             (Some(b""), "999", new(Some("999")), true),
             // The file wins over the legacy key.
-            (Some(b"5737554347302044216\n"), "999", Boot::SameInstance, false),
+            (
+                Some(b"5737554347302044216\n"),
+                "999",
+                Boot::SameInstance,
+                false,
+            ),
         ];
         for (file, legacy, boot, write) in rows {
             let recorded = recorded_id(file, legacy);

@@ -27,7 +27,9 @@ const MAX_KEY: u64 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeygenError {
-    #[error("ssh-keygen not found: install openssh-client (Debian, Ubuntu) or openssh (Fedora, EL)")]
+    #[error(
+        "ssh-keygen not found: install openssh-client (Debian, Ubuntu) or openssh (Fedora, EL)"
+    )]
     MissingTool,
     #[error("{0}")]
     Keygen(CmdError),
@@ -115,7 +117,9 @@ impl KeyDir {
             if name.starts_with(TEMP_PREFIX) {
                 tracing::info!("removing {} left by an interrupted run", name);
                 self.remove_temp_dir(&name);
-            } else if name.starts_with(".ssh_host_") && name.contains("_key") && name.contains(".tmp-")
+            } else if name.starts_with(".ssh_host_")
+                && name.contains("_key")
+                && name.contains(".tmp-")
             {
                 tracing::info!("removing {} left by an interrupted write", name);
                 unlink(self.fd.as_fd(), &name, UnlinkatFlags::NoRemoveDir);
@@ -143,7 +147,9 @@ impl KeyDir {
         let tmp_name = format!("{TEMP_PREFIX}{}-{ktype}", std::process::id());
         self.remove_temp_dir(&tmp_name);
         let tmp = afs::mkdirat_nofollow(self.fd.as_fd(), &tmp_name, 0o700, None)?;
-        let result = self.generate_in(&tmp, &tmp_name, ktype, comment, timeout).await;
+        let result = self
+            .generate_in(&tmp, &tmp_name, ktype, comment, timeout)
+            .await;
         self.remove_temp_dir(&tmp_name);
         result
     }
@@ -174,7 +180,9 @@ impl KeyDir {
         .collect();
         match cmd::run(&argv, &RunOpts::with_timeout(timeout)).await {
             Ok(_) => {}
-            Err(CmdError::Spawn { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(CmdError::Spawn { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 return Err(KeygenError::MissingTool);
             }
             Err(e) => return Err(KeygenError::Keygen(e)),

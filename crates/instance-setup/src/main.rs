@@ -8,7 +8,8 @@ use gce_agent::{CommonArgs, InstanceLock, LockError};
 use gce_metadata::{Client, ClientOptions};
 
 const NAME: &str = "gce-instance-setup";
-const ABOUT: &str = "Per-instance SSH host keys, hostname and /etc/hosts from GCE metadata (once per boot)";
+const ABOUT: &str =
+    "Per-instance SSH host keys, hostname and /etc/hosts from GCE metadata (once per boot)";
 
 fn main() -> std::process::ExitCode {
     let cli = CommonArgs::from_env(NAME, ABOUT);
@@ -51,10 +52,22 @@ async fn run(cli: &CommonArgs, config: &gce_agent::Config) -> anyhow::Result<()>
     tracing::info!(
         "instance setup done: {} key(s) made{}, {} published, hostname {}, /etc/hosts {}",
         report.generated.len(),
-        if report.id_recorded { ", id recorded" } else { "" },
+        if report.id_recorded {
+            ", id recorded"
+        } else {
+            ""
+        },
         report.published.len(),
-        if report.hostname_changed { "changed" } else { "unchanged" },
-        if report.hosts_changed { "changed" } else { "unchanged" },
+        if report.hostname_changed {
+            "changed"
+        } else {
+            "unchanged"
+        },
+        if report.hosts_changed {
+            "changed"
+        } else {
+            "unchanged"
+        },
     );
     Ok(())
 }

@@ -81,9 +81,7 @@ pub struct Report {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error(
-        "{0}; host keys, hostname and /etc/hosts are left as they are, next boot tries again"
-    )]
+    #[error("{0}; host keys, hostname and /etc/hosts are left as they are, next boot tries again")]
     Metadata(#[from] FactsError),
     #[error(
         "could not make the SSH host key(s) {0}; the instance id is not recorded, so the next boot tries again"
@@ -139,7 +137,9 @@ async fn host_keys(facts: &Facts, opts: &Options, report: &mut Report) {
     let file = match system::read_file(&opts.id_file) {
         Ok(f) => f,
         Err(e) => {
-            tracing::error!("cannot read the recorded instance id, not deciding whether this is a first boot: {e}");
+            tracing::error!(
+                "cannot read the recorded instance id, not deciding whether this is a first boot: {e}"
+            );
             return;
         }
     };
@@ -189,7 +189,9 @@ async fn host_keys(facts: &Facts, opts: &Options, report: &mut Report) {
 async fn make_keys(id: u64, boot: &Boot, opts: &Options, report: &mut Report) -> bool {
     let (types, unknown) = configured_types(&opts.host_key_types);
     for t in &unknown {
-        tracing::warn!("[InstanceSetup] host_key_types: {t:?} is not a host key type ssh-keygen makes; skipped");
+        tracing::warn!(
+            "[InstanceSetup] host_key_types: {t:?} is not a host key type ssh-keygen makes; skipped"
+        );
     }
     let dir = match KeyDir::open(&opts.host_key_dir) {
         Ok(d) => d,
@@ -216,11 +218,9 @@ async fn make_keys(id: u64, boot: &Boot, opts: &Options, report: &mut Report) ->
             return false;
         }
     };
-    let tasks = plan(&types, &state, boot, id);
-    if tasks.is_empty() {
-        return true;
-    }
+    // What a killed run left holds key material: removed whatever this run does.
     dir.sweep_leftovers();
+    let tasks = plan(&types, &state, boot, id);
     let mark = marker(id);
     for task in tasks {
         let why = match task.reason {
@@ -346,7 +346,9 @@ async fn set_hosts(name: Option<&HostName>, ip: &str, opts: &Options, report: &m
             short: n.short.clone(),
         }),
         (Some(_), Err(_)) if ip.is_empty() => {
-            tracing::info!("the first network interface has no IPv4 address: no host entry in /etc/hosts");
+            tracing::info!(
+                "the first network interface has no IPv4 address: no host entry in /etc/hosts"
+            );
             None
         }
         (Some(_), Err(_)) => {

@@ -128,7 +128,9 @@ impl Selinux {
         argv.extend(paths.iter().map(|p| p.display().to_string()));
         match cmd::run(&argv, &RunOpts::with_timeout(Duration::from_secs(30))).await {
             Ok(_) => {}
-            Err(CmdError::Spawn { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(CmdError::Spawn { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 tracing::warn!(
                     "SELinux is enabled but restorecon is missing (install policycoreutils): labels of {} not restored",
                     argv[2..].join(" ")
