@@ -1,7 +1,7 @@
 # gce-guest-agents %post ($1: 1 = install, 2 = upgrade). Units are enabled explicitly, not via
 # `systemctl preset` (which fails in chroots); started only when systemd runs.
 DAEMONS="gce-accounts-daemon.service gce-clock-skew-daemon.service gce-ip-forwarding-daemon.service"
-UNITS="$DAEMONS gce-startup-scripts.service gce-shutdown-scripts.service"
+UNITS="$DAEMONS gce-startup-scripts.service gce-shutdown-scripts.service gce-instance-setup.service"
 mkdir -p /var/lib/google
 if command -v systemctl >/dev/null 2>&1; then
   [ -d /run/systemd/system ] && systemctl daemon-reload || :

@@ -1,7 +1,7 @@
 # gce-guest-agents %preun ($1: 0 = erase, 1 = upgrade). On erase: stop (without running the
 # shutdown scripts) and disable.
 DAEMONS="gce-accounts-daemon.service gce-clock-skew-daemon.service gce-ip-forwarding-daemon.service"
-UNITS="$DAEMONS gce-startup-scripts.service gce-shutdown-scripts.service"
+UNITS="$DAEMONS gce-startup-scripts.service gce-shutdown-scripts.service gce-instance-setup.service"
 if [ "$1" -eq 0 ] && command -v systemctl >/dev/null 2>&1; then
   if [ -d /run/systemd/system ]; then
     d=/run/systemd/system/gce-shutdown-scripts.service.d
