@@ -535,6 +535,25 @@ fn e2e_keygen_failing_midway_leaves_working_keys_and_the_id_unrecorded() {
         || {
             let w = World::new("");
             let before = snapshot();
+
+            // No ssh-keygen at all: one line naming the package, nothing changed.
+            let mut cmd = w.command(None);
+            cmd.env("PATH", w.dir.join("empty"));
+            let out = cmd.output().unwrap();
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{log}");
+            assert!(
+                log.contains("ssh-keygen not found: install openssh-client"),
+                "{log}"
+            );
+            assert!(
+                snapshot()
+                    .iter()
+                    .filter(|(p, _)| p.starts_with(SSH))
+                    .eq(before.iter().filter(|(p, _)| p.starts_with(SSH)))
+            );
+            assert!(!Path::new(ID_FILE).exists());
+
             let shim = keygen_shim(&w.dir, "echo 'shim: no RSA today' >&2; exit 1");
             let (ok, log) = w.run_with(Some(&shim));
             assert!(!ok, "{log}");
