@@ -394,9 +394,9 @@ pub struct Instance {
     /// Legacy: the recorded id kept in this file (Python agent); used when the id file is
     /// missing or empty.
     pub instance_id: String,
-    /// Directory of `google_instance_id` (default `/etc`). Google's older Go agent used this
-    /// key for the file's full path (`/etc/google_instance_id`); a value whose last component is
-    /// `google_instance_id` is read that way.
+    /// Directory of `google_instance_id` (default `/etc`), as Google's Go agent read it until
+    /// 2023 and its current agent does; the 2023–2026 Go agent read it as the file's path
+    /// (default `/etc/google_instance_id`), so a value ending in `google_instance_id` is the file.
     pub instance_id_dir: String,
 }
 

@@ -1,8 +1,8 @@
 //! The recorded instance id: `google_instance_id`, the same file and format as Google's agents,
 //! so an image moved between their agent and ours keeps its host keys.
 //!
-//! Both Google agents read the file with surrounding whitespace trimmed; the older one writes
-//! `"<id>\n"`, the newer one `"<id>"`. We write the former. When the file is missing or empty the
+//! Google's agents read the file with surrounding whitespace trimmed; the Go agent (Debian's 2021
+//! build included) writes `"<id>\n"`, the current one `"<id>"`. We write the former. When the file is missing or empty the
 //! legacy `[Instance] instance_id` config key (the Python agent kept the id there) is used.
 
 use std::path::PathBuf;
@@ -10,8 +10,8 @@ use std::path::PathBuf;
 /// The file's name (Google's).
 pub const ID_FILE: &str = "google_instance_id";
 
-/// The id file for `[Instance] instance_id_dir`: `DIR/google_instance_id`. Google's older Go
-/// agent used the key for the file itself (`instance_id_dir = /etc/google_instance_id`), so a
+/// The id file for `[Instance] instance_id_dir`: `DIR/google_instance_id`. Google's Go agent of
+/// 2023–2026 read the key as the file itself (`instance_id_dir = /etc/google_instance_id`), so a
 /// value already ending in the file name is taken as the file.
 pub fn id_file_path(instance_id_dir: &str) -> PathBuf {
     let dir = instance_id_dir.trim();
