@@ -472,3 +472,90 @@ fn e2e_oslogin_manage_config_false_leaves_the_files_to_configuration_management(
     assert_eq!(after[..7], before[..7], "config files and dirs untouched");
     assert_eq!(w.log().matches(said).count(), 1, "said once");
 }
+
+/// Signs `public` (a `.pub` file) with `ca` for `principal`, next to the key, where ssh picks
+/// the certificate up by itself.
+fn sign(ca: &Path, key: &Path, principal: &str) {
+    gce_testkit::sh(&[
+        "ssh-keygen",
+        "-q",
+        "-s",
+        ca.to_str().unwrap(),
+        "-I",
+        "oslogin-test",
+        "-n",
+        principal,
+        "-V",
+        "-5m:+1h",
+        key.with_extension("pub").to_str().unwrap(),
+    ])
+    .expect("sign");
+}
+
+#[test]
+fn e2e_oslogin_certificates_trusted_ca_follows_oslogin_certificates() {
+    if !sandbox("e2e_oslogin_certificates_trusted_ca_follows_oslogin_certificates") {
+        return;
+    }
+    let mut w = World::new(true, "[OSLogin]\nca_refresh_secs = 1\n");
+    let keys = temp_dir("keys");
+    let (ca1, ca1_pub) = keypair(&keys, "ca1");
+    let (ca2, ca2_pub) = keypair(&keys, "ca2");
+    w.h.oslogin_set_ca_keys(&[&ca1_pub]);
+    w.h.oslogin_set_policy(ALICE, true, false);
+    // No key imported: the certificate is alice's only way in.
+    let (alice_key, _) = keypair(&keys, "alice");
+    sign(&ca1, &alice_key, ALICE_USER);
+    w.h.set_instance_attribute("enable-oslogin-certificates", "TRUE");
+    w.set_oslogin(true);
+    w.start_daemon(&[]);
+    w.wait_switched(true);
+    let ca_file = "/etc/ssh/oslogin_trustedca.pub";
+    assert_eq!(
+        std::fs::read_to_string(ca_file).unwrap(),
+        format!("{ca1_pub}\n")
+    );
+    let cfg = std::fs::read_to_string("/etc/ssh/sshd_config").unwrap();
+    assert!(
+        cfg.contains(&format!("TrustedUserCAKeys {ca_file}\n")),
+        "{cfg}"
+    );
+    w.wait_login(ALICE_USER, &alice_key);
+
+    // The CA rotates: the file follows within ca_refresh_secs; the old certificate stops
+    // working, one from the new CA works.
+    w.h.oslogin_set_ca_keys(&[&ca2_pub]);
+    let t = Instant::now();
+    while std::fs::read_to_string(ca_file).unwrap_or_default() != format!("{ca2_pub}\n") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "CA file not refreshed\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("CA rotation reached the file after {:?}", t.elapsed());
+    w.assert_refused(ALICE_USER, &alice_key, "certificate from the old CA");
+    sign(&ca2, &alice_key, ALICE_USER);
+    w.wait_login(ALICE_USER, &alice_key);
+    // A certificate for someone else's name does not let alice in.
+    let (other, _) = keypair(&keys, "other");
+    sign(&ca2, &other, "someone_else");
+    w.assert_refused(ALICE_USER, &other, "certificate without alice as principal");
+
+    // Certificates off: the CA file (ours) and the sshd line go.
+    w.h.set_instance_attribute("enable-oslogin-certificates", "FALSE");
+    let t = Instant::now();
+    while Path::new(ca_file).exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "CA file not removed\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w.wait_switched(true);
+    let cfg = std::fs::read_to_string("/etc/ssh/sshd_config").unwrap();
+    assert!(!cfg.contains("TrustedUserCAKeys"), "{cfg}");
+    w.assert_refused(ALICE_USER, &alice_key, "certificates off");
+}
