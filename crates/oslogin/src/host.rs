@@ -283,15 +283,16 @@ fn systemd_running(paths: &Paths) -> bool {
 }
 
 /// Makes sshd read its configuration again. Under systemd: `try-reload-or-restart` of the ssh
-/// unit(s) (a stopped sshd stays stopped); elsewhere SIGHUP to the pid in sshd's pid file.
-/// Returns what was done, for the log.
+/// unit(s) (a stopped sshd stays stopped), queued with `--no-block`: at boot the accounts daemon
+/// runs before ssh.service, whose start job waits for it, and waiting for our job in turn would
+/// deadlock. Elsewhere SIGHUP to the pid in sshd's pid file. Returns what was done, for the log.
 pub async fn reload_sshd(paths: &Paths) -> Result<String, HostError> {
     if systemd_running(paths) {
         let units = loaded_units(&["ssh.service", "sshd.service"]).await?;
         if units.is_empty() {
             return Ok("no ssh unit loaded".into());
         }
-        let mut a = vec!["systemctl", "try-reload-or-restart"];
+        let mut a = vec!["systemctl", "--no-block", "try-reload-or-restart"];
         a.extend(units.iter().map(String::as_str));
         cmd::run(&argv(&a), &RunOpts::with_timeout(SYSTEMCTL_TIMEOUT)).await?;
         return Ok(format!(
@@ -334,7 +335,7 @@ pub async fn restart_name_caches(paths: &Paths) -> Result<String, HostError> {
     if units.is_empty() {
         return Ok("no nscd/unscd".into());
     }
-    let mut a = vec!["systemctl", "try-restart"];
+    let mut a = vec!["systemctl", "--no-block", "try-restart"];
     a.extend(units.iter().map(String::as_str));
     cmd::run(&argv(&a), &RunOpts::with_timeout(SYSTEMCTL_TIMEOUT)).await?;
     Ok(format!("systemctl try-restart {}", units.join(" ")))
