@@ -35,10 +35,24 @@ fn switched(on: bool) -> bool {
 fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < timeout, "timed out");
+        if t.elapsed() > timeout {
+            let log = std::fs::read_to_string("/run/gce-testkit/daemon.log").unwrap_or_default();
+            panic!("timed out; daemon log:\n{log}");
+        }
         std::thread::sleep(Duration::from_micros(200));
     }
     t.elapsed()
+}
+
+fn until_ok(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while !f() {
+        if t.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Some(t.elapsed())
 }
 
 /// CPU time (user + system) of `pid` so far, in clock ticks.
@@ -76,7 +90,7 @@ fn main() {
     let sshd = start_system_sshd();
     let dir = temp_dir("bench-oslogin");
     std::fs::write(dir.join("cfg"), "").unwrap();
-    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let log = std::fs::File::create("/run/gce-testkit/daemon.log").unwrap();
     let mut daemon = daemon_command(
         &bin("gce-accounts-daemon"),
         &dir.join("cfg"),
@@ -100,9 +114,19 @@ fn main() {
         .unwrap();
     h.oslogin_set_policy("alice@example.com", true, false);
     let login = |user: &str, key: &Path| sshd.login(user, key, "true").status.success();
-    until(Duration::from_secs(20), || login("carol", &carol));
+    if until_ok(Duration::from_secs(20), || login("carol", &carol)).is_none() {
+        let out = sshd.login("carol", &carol, "true");
+        panic!(
+            "carol cannot log in: {:?} {}\n--- sshd ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            sshd.log()
+        );
+    }
 
-    // 1. Switch on → configured → first OS Login login.
+    // 1. Switch on → configured → first OS Login login (each round from a finished switch off).
+    h.set_instance_attribute("enable-oslogin", "TRUE");
+    until(Duration::from_secs(20), || switched(true));
     let mut configured = Vec::new();
     let mut first_login = Vec::new();
     for _ in 0..ROUNDS {

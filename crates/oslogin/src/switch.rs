@@ -463,6 +463,8 @@ impl OsLogin {
             if plan.on && self.converged.is_none_or(|c| !c.enabled) {
                 self.fill_nss_cache();
             }
+            // An interrupted switch is the admin's to finish now.
+            self.interrupted = false;
             self.converged = Some(s);
             return self.status(s);
         }
