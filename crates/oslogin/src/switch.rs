@@ -496,6 +496,10 @@ impl OsLogin {
             return self.status(s);
         }
 
+        if !plan.on {
+            self.stop_nss_cache_fill().await;
+        }
+
         // Intent first, with everything we are about to create.
         self.journal.pending = Some(s);
         self.journal.created.extend(creates);
@@ -563,6 +567,21 @@ impl OsLogin {
         );
         self.converged = (!retry).then_some(s);
         self.status(s)
+    }
+
+    /// Lets a running cache fill finish (briefly) before OS Login goes off, so it cannot put
+    /// a cache file back after the switch removed it.
+    async fn stop_nss_cache_fill(&mut self) {
+        let Some(mut h) = self.cache_fill.take() else {
+            return;
+        };
+        if tokio::time::timeout(Duration::from_secs(10), &mut h)
+            .await
+            .is_err()
+        {
+            warn!("the OS Login NSS cache fill is still running; stopping it");
+            h.abort();
+        }
     }
 
     /// Runs `google_oslogin_nss_cache` in the background (Google's agent does the same: it can
