@@ -88,6 +88,7 @@ const OUR_CRATES: &[&str] = &[
     "gce_agent",
     "gce_accounts",
     "gce_accounts_daemon",
+    "gce_oslogin",
     "gce_authorized_keys",
     "gce_clock_skew",
     "gce_clock_skew_daemon",

@@ -176,6 +176,9 @@ async fn serve(
         Err(msg) => return text(StatusCode::BAD_REQUEST, msg + "\n"),
     };
 
+    if segs.len() == 2 && segs[0] == "oslogin" && !trailing {
+        return oslogin(shared, method, path, segs[1], uri.query());
+    }
     if segs.len() >= 2 && segs[0] == "instance" && segs[1] == "guest-attributes" {
         return guest_attributes(shared, method, uri, &segs[2..], trailing, &q, body);
     }
@@ -552,4 +555,50 @@ fn valid_guest_name(s: &str) -> bool {
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `oslogin/users|groups|authorize|certificates`: answered from the OS Login directory; every
+/// endpoint is a 404 while `enable-oslogin` is off, which is how Google's package tells that
+/// OS Login is not enabled.
+fn oslogin(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    endpoint: &str,
+    raw_query: Option<&str>,
+) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed\n".into(),
+        );
+    }
+    let snap = shared.snapshot();
+    if !crate::oslogin::enabled(&snap.view) {
+        return html(404, path, "");
+    }
+    let project = snap
+        .view
+        .pointer("/project/projectId")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let query: Vec<(String, String)> = raw_query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    let (status, body) =
+        crate::oslogin::guest_answer(&shared.oslogin_dir(), endpoint, &query, project);
+    match status {
+        200 => reply(StatusCode::OK, JSON, body.to_string(), None),
+        404 => html(404, path, ""),
+        s => text(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_REQUEST),
+            format!("{}\n", body["error"].as_str().unwrap_or("bad request")),
+        ),
+    }
 }

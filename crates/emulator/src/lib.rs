@@ -14,6 +14,8 @@ mod conn;
 mod control;
 pub mod doc;
 mod guest;
+pub mod oslogin;
+mod oslogin_http;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -79,9 +81,16 @@ pub(crate) struct Shared {
     pub requests: AtomicU64,
     pub waiters: AtomicU64,
     pub operations: AtomicU64,
+    /// The OS Login service's accounts: not part of the metadata document (they live with
+    /// Google, not with the instance), so changing them wakes no long poll.
+    pub oslogin: Mutex<oslogin::Directory>,
 }
 
 impl Shared {
+    pub fn oslogin_dir(&self) -> std::sync::MutexGuard<'_, oslogin::Directory> {
+        self.oslogin.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snap.borrow().clone()
     }
@@ -151,6 +160,7 @@ impl Emulator {
                 requests: AtomicU64::new(0),
                 waiters: AtomicU64::new(0),
                 operations: AtomicU64::new(0),
+                oslogin: Mutex::new(oslogin::Directory::default()),
             }),
         }
     }
@@ -219,6 +229,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(control::routes())
         .merge(admin::routes())
+        .merge(oslogin_http::routes())
         .fallback(guest::handle)
         .layer(axum::middleware::from_fn(log_request))
         .with_state(shared)
@@ -394,6 +405,65 @@ impl EmulatorHandle {
                 .or_default()
                 .insert(key.to_string(), value.to_string());
         });
+    }
+}
+
+/// OS Login (SPEC §10): the accounts behind `oslogin/…` and the OS Login API.
+impl EmulatorHandle {
+    /// Creates the OS Login profile of `email` (POSIX name derived as Google does, fresh
+    /// uid = gid, `/home/<name>`, `/bin/bash`) if needed; returns it.
+    pub fn oslogin_add_user(&self, email: &str) -> oslogin::OsLoginUser {
+        self.shared
+            .oslogin_dir()
+            .ensure_user(email)
+            .unwrap_or_else(|e| panic!("oslogin_add_user({email}): {e:?}"))
+            .clone()
+    }
+
+    pub fn oslogin_user(&self, email: &str) -> Option<oslogin::OsLoginUser> {
+        self.shared.oslogin_dir().user(email).cloned()
+    }
+
+    /// `importSshPublicKey` for `email` with an optional expiry (microseconds since the epoch);
+    /// returns the key's fingerprint.
+    pub fn oslogin_import_key(
+        &self,
+        email: &str,
+        key: &str,
+        expiration_usec: Option<u64>,
+    ) -> Result<String, oslogin::OsLoginError> {
+        self.shared
+            .oslogin_dir()
+            .import_key(email, key, expiration_usec)
+    }
+
+    /// Grants or revokes the effect of `roles/compute.osLogin` (`login`) and
+    /// `roles/compute.osAdminLogin` (`admin_login`) for `email`.
+    pub fn oslogin_set_policy(&self, email: &str, login: bool, admin_login: bool) {
+        self.shared
+            .oslogin_dir()
+            .set_policy(email, login, admin_login)
+            .unwrap_or_else(|e| panic!("oslogin_set_policy({email}): {e:?}"));
+    }
+
+    pub fn oslogin_remove_user(&self, email: &str) -> bool {
+        self.shared.oslogin_dir().remove_user(email)
+    }
+
+    /// Creates or replaces a POSIX group of OS Login users; returns its gid.
+    pub fn oslogin_set_group(&self, name: &str, members: &[&str]) -> u32 {
+        let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        self.shared
+            .oslogin_dir()
+            .set_group(name, None, &members)
+            .unwrap_or_else(|e| panic!("oslogin_set_group({name}): {e:?}"))
+    }
+
+    /// The trusted user CA keys `oslogin/certificates` serves.
+    pub fn oslogin_set_ca_keys(&self, keys: &[&str]) {
+        self.shared
+            .oslogin_dir()
+            .set_ca_keys(keys.iter().map(|k| k.to_string()).collect());
     }
 }
 

@@ -4,6 +4,8 @@
 //! `/home`, `/run`, `/var/lib/google`, loopback up — and lets the test body run there. Real
 //! useradd, sshd and routes then act on the copies, never on the host.
 
+pub mod oslogin;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -17,7 +17,10 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     match daemon::run(NAME, &args, config, |cfg, client| {
-        Ok(Accounts::new(cfg, client, Paths::default()))
+        // OS Login (SPEC §10): the same snapshots also switch the host's sshd/NSS/PAM setup.
+        let oslogin = gce_oslogin::OsLogin::new(cfg, client.clone(), gce_oslogin::Paths::default());
+        let accounts = Accounts::new(cfg, client, Paths::default());
+        Ok(gce_oslogin::WithOsLogin::new(accounts, oslogin))
     })
     .await
     {
