@@ -17,9 +17,6 @@
 //! - [`cache`]: the root-owned key cache read by `gce-authorized-keys`.
 //! - [`reconcile`]: runs plans (useradd, gpasswd, writes), expiry timer, ready markers.
 
-mod b64;
-mod sha256;
-
 pub mod authorized_keys;
 pub mod cache;
 pub mod delta;
