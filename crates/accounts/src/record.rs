@@ -1,5 +1,6 @@
-//! What the daemon remembers between runs: which users it manages, whether it
-//! created or adopted each, and which key lines it installed.
+//! The record: what the daemon remembers between runs — which users it manages, whether it
+//! created or adopted each, and which key lines it installed — in memory ([`State`]) and on disk
+//! ([`load`], [`save`]). Nothing else reads or writes the state file.
 //!
 //! The record is what makes removal safe (only `Created` users may ever be
 //! `userdel`'d — the legacy Go agent deleted adopted users, #202) and what makes
@@ -8,12 +9,15 @@
 //! ones take the safe default.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use gce_agent::fs::{self as afs, WriteOpts};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tracing::{debug, error, info};
 
+use crate::action::Action;
 use crate::names::validate_username;
-use crate::plan::Action;
 
 /// The format version this code writes.
 pub const STATE_VERSION: u32 = 1;
@@ -153,5 +157,60 @@ impl State {
         });
         u.failures = u.failures.saturating_add(1);
         u.failures
+    }
+}
+
+/// Reads the state file. Without one, takes over from Google's agents' list of managed users
+/// (`google_users`); an unreadable one is moved aside and the same list is used.
+pub fn load(state_path: &Path, google_users: &Path) -> State {
+    match afs::read_nofollow(state_path, 64 << 20) {
+        Ok(Some(bytes)) => match State::parse(&bytes) {
+            Ok(s) => return s,
+            Err(e) => {
+                let aside = state_path.with_extension("corrupt");
+                let _ = std::fs::rename(state_path, &aside);
+                error!(
+                    "state file {} is unreadable ({e}); moved to {}; users from google_users are treated as adopted",
+                    state_path.display(),
+                    aside.display()
+                );
+            }
+        },
+        Ok(None) => {}
+        Err(e) => error!("state file {}: {e}", state_path.display()),
+    }
+    match std::fs::read_to_string(google_users) {
+        Ok(text) => {
+            let s = State::from_google_users_file(&text);
+            if !s.users.is_empty() {
+                info!(
+                    "taking over {} user(s) listed in {} as adopted",
+                    s.users.len(),
+                    google_users.display()
+                );
+            }
+            s
+        }
+        Err(_) => State::default(),
+    }
+}
+
+/// Writes the state file (atomic, fsync'd: the write-ahead record of a creation must survive a
+/// crash), then Google's list of managed users, kept in step so either agent can take over.
+pub fn save(state: &State, state_path: &Path, google_users: &Path) {
+    let opts = WriteOpts::new(0o600).owner(0, 0);
+    if let Some(dir) = state_path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = afs::write_atomic(state_path, &state.to_bytes(), &opts) {
+        error!("saving {}: {e}", state_path.display());
+    }
+    let mut names = String::new();
+    for u in state.users.keys() {
+        names.push_str(u);
+        names.push('\n');
+    }
+    if let Err(e) = afs::write_atomic(google_users, names.as_bytes(), &opts) {
+        debug!("saving {}: {e}", google_users.display());
     }
 }

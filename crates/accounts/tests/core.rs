@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
-use gce_accounts::authorized_keys::{
+use gce_accounts::decide::authorized_keys::{
     self, ExpiryOption, MARKER, key_line, managed_lines_in, openssh_supports_utc_expiry, render,
 };
-use gce_accounts::keys::{GoogleSshError, KeyError, parse_authorized_key, parse_expire_on};
+use gce_accounts::decide::keys::{GoogleSshError, KeyError, parse_authorized_key, parse_expire_on};
 use gce_accounts::names::{NameError, is_reserved, parse_uid_min, validate_username};
 use gce_accounts::{
     Action, Desired, KeySource, LocalUser, Origin, PlanConfig, State, StateError, UserState,
@@ -493,7 +493,7 @@ fn line_format_rejected() {
 
 #[test]
 fn every_known_key_type_is_recognised_without_options() {
-    for ty in gce_accounts::keys::KEY_TYPES {
+    for ty in gce_accounts::decide::keys::KEY_TYPES {
         // A minimal well-formed blob: the length-prefixed type string.
         let mut wire = (ty.len() as u32).to_be_bytes().to_vec();
         wire.extend_from_slice(ty.as_bytes());

@@ -2,7 +2,7 @@
 //! all four key sources, each step checked against `desired_keys` of the new snapshot.
 
 use chrono::{TimeZone, Utc};
-use gce_accounts::delta::{Inputs, update};
+use gce_accounts::decide::delta::{Inputs, update};
 use gce_accounts::desired_keys;
 use std::collections::BTreeMap;
 

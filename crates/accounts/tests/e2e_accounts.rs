@@ -530,7 +530,7 @@ fn e2e_authorized_keys_command_mode_logs_in_without_a_key_file_and_expires_on_ti
 /// which case the daemon must not map any NSS module.
 fn nsswitch_is_files_only() -> bool {
     let text = read(Path::new("/etc/nsswitch.conf"));
-    let o = gce_accounts::passwd::parse_nsswitch(&text);
+    let o = gce_accounts::system::passwd::parse_nsswitch(&text);
     !o.passwd && !o.group
 }
 

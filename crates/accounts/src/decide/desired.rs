@@ -11,7 +11,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::keys::{KeyEntry, LineError, ParseMemo, parse_ssh_keys_memo};
+use crate::decide::keys::{KeyEntry, LineError, ParseMemo, parse_ssh_keys_memo};
 
 /// Where a key line came from, in precedence order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

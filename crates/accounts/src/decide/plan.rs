@@ -1,6 +1,6 @@
-//! The diff between what metadata wants ([`Desired`]), what we remember
-//! ([`State`]) and what the system has ([`LocalUsers`]): an ordered list of
-//! actions for the applier.
+//! The decision: the diff between what metadata wants ([`Desired`]), what we remember
+//! ([`State`]) and what the system has ([`LocalUsers`]), as an ordered list of
+//! [`Action`]s for the service to run.
 //!
 //! Incremental by construction: a user whose installed lines equal the desired
 //! ones and who is already in the sudoers group gets no action at all, so a
@@ -9,10 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use crate::authorized_keys::{ExpiryOption, key_line};
-use crate::desired::Desired;
+use crate::action::Action;
+use crate::decide::authorized_keys::{ExpiryOption, key_line};
+use crate::decide::desired::Desired;
 use crate::names::{DEFAULT_UID_MIN, is_reserved, validate_username};
-use crate::state::{Origin, State};
+use crate::record::{Origin, State};
 
 /// An account as the passwd database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,54 +60,6 @@ impl Default for PlanConfig {
             uid_min: DEFAULT_UID_MIN,
             allowed_system_users: Vec::new(),
             expiry: ExpiryOption::None,
-        }
-    }
-}
-
-/// One step for the applier. After each success the applier calls
-/// [`State::record`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// `useradd` (the user is desired and does not exist).
-    CreateUser {
-        user: String,
-    },
-    /// Start managing an account that already existed; it will never be deleted.
-    Adopt {
-        user: String,
-    },
-    AddToSudoers {
-        user: String,
-    },
-    /// Make the managed lines of the user's authorized_keys exactly `lines`
-    /// (without markers), keeping the user's own lines. Empty = remove ours.
-    WriteKeys {
-        user: String,
-        lines: Vec<String>,
-    },
-    RemoveFromSudoers {
-        user: String,
-    },
-    /// `userdel -r`: only for users we created, with `deprovision_remove`.
-    DeleteUser {
-        user: String,
-    },
-    /// Drop the user from the state file.
-    Forget {
-        user: String,
-    },
-}
-
-impl Action {
-    pub fn user(&self) -> &str {
-        match self {
-            Action::CreateUser { user }
-            | Action::Adopt { user }
-            | Action::AddToSudoers { user }
-            | Action::WriteKeys { user, .. }
-            | Action::RemoveFromSudoers { user }
-            | Action::DeleteUser { user }
-            | Action::Forget { user } => user,
         }
     }
 }

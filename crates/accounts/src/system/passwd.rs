@@ -11,7 +11,7 @@
 //! name is still caught: useradd itself asks NSS and fails, and the daemon then looks the name
 //! up through NSS and adopts it ([`Nss::lookup_everywhere`]).
 
-use crate::plan::{LocalUser, LocalUsers};
+use crate::decide::plan::{LocalUser, LocalUsers};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
