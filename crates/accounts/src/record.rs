@@ -14,7 +14,7 @@ use std::path::Path;
 use gce_agent::fs::{self as afs, WriteOpts};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tracing::{debug, error, info};
+use tracing::{debug, error};
 
 use crate::action::Action;
 use crate::names::validate_username;
@@ -92,10 +92,11 @@ impl State {
         v
     }
 
-    /// Migrates from Google's `/var/lib/google/google_users` (one user per line).
-    /// We cannot know whether Google's agent created those users, so they are
-    /// `Adopted`: never deleted. Google's agents put them in google-sudoers.
-    /// Their installed keys are unknown (empty), so the first plan rewrites them.
+    /// Reads Google's `/var/lib/google/google_users` (one user per line): every valid name,
+    /// `Adopted` (never deleted) — the file alone does not say who created whom;
+    /// [`crate::decide::takeover`] upgrades the users Google's agents demonstrably created.
+    /// Google's agents put them in google-sudoers. Their installed keys are unknown (empty), so
+    /// the first plan rewrites them.
     pub fn from_google_users_file(text: &str) -> State {
         let mut state = State::default();
         for line in text.lines() {
@@ -160,12 +161,22 @@ impl State {
     }
 }
 
-/// Reads the state file. Without one, takes over from Google's agents' list of managed users
-/// (`google_users`); an unreadable one is moved aside and the same list is used.
-pub fn load(state_path: &Path, google_users: &Path) -> State {
+/// What [`load`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    State(State),
+    /// No state file: a first start, or a takeover from Google's agents.
+    Missing,
+    /// A state file that cannot be used (moved aside when it is not valid JSON). What we knew is
+    /// lost, so nobody may be taken for created: the caller adopts the users of `google_users`.
+    Unusable,
+}
+
+/// Reads the state file.
+pub fn load(state_path: &Path) -> Loaded {
     match afs::read_nofollow(state_path, 64 << 20) {
         Ok(Some(bytes)) => match State::parse(&bytes) {
-            Ok(s) => return s,
+            Ok(s) => Loaded::State(s),
             Err(e) => {
                 let aside = state_path.with_extension("corrupt");
                 let _ = std::fs::rename(state_path, &aside);
@@ -174,24 +185,29 @@ pub fn load(state_path: &Path, google_users: &Path) -> State {
                     state_path.display(),
                     aside.display()
                 );
+                Loaded::Unusable
             }
         },
-        Ok(None) => {}
-        Err(e) => error!("state file {}: {e}", state_path.display()),
-    }
-    match std::fs::read_to_string(google_users) {
-        Ok(text) => {
-            let s = State::from_google_users_file(&text);
-            if !s.users.is_empty() {
-                info!(
-                    "taking over {} user(s) listed in {} as adopted",
-                    s.users.len(),
-                    google_users.display()
-                );
-            }
-            s
+        Ok(None) => Loaded::Missing,
+        Err(e) => {
+            error!(
+                "state file {}: {e}; users from google_users are treated as adopted",
+                state_path.display()
+            );
+            Loaded::Unusable
         }
-        Err(_) => State::default(),
+    }
+}
+
+/// The text of Google's `google_users` list, if there is one.
+pub fn read_google_users(path: &Path) -> Option<String> {
+    match afs::read_nofollow(path, 16 << 20) {
+        Ok(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        Ok(None) => None,
+        Err(e) => {
+            error!("{}: {e}", path.display());
+            None
+        }
     }
 }
 

@@ -691,3 +691,76 @@ fn e2e_a_key_expires_on_time_after_a_restart_with_the_metadata_server_down() {
     );
     assert!(w.log().contains("expiry read from the state file"));
 }
+
+/// Taking over from Google's agents: of the users listed in their `google_users`, the one their
+/// `useradd -p *` made is recognised as created (deleted with `deprovision_remove=true` once it
+/// leaves metadata); an account that existed before them, root, a system account, a name that
+/// does not exist and a hostile line stay adopted or are ignored — never deleted.
+#[test]
+fn e2e_users_googles_agent_created_are_deprovisioned_the_others_stay() {
+    if !sandbox("e2e_users_googles_agent_created_are_deprovisioned_the_others_stay") {
+        return;
+    }
+    let useradd = |args: &[&str]| {
+        assert!(
+            Command::new("useradd")
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    // What Google's agent ran for a user it created, and an image's own pre-existing user.
+    useradd(&["-m", "-s", "/bin/bash", "-p", "*", "gmade"]);
+    useradd(&["-m", "-s", "/bin/bash", "imageuser"]);
+    std::fs::create_dir_all("/var/lib/google").unwrap();
+    std::fs::write(
+        "/var/lib/google/google_users",
+        "gmade\nimageuser\nroot\ndaemon\n../etc\nghost\n",
+    )
+    .unwrap();
+    let passwd_before = read(Path::new("/etc/passwd"));
+    let w = World::new("[Accounts]\ndeprovision_remove = true\n");
+    let keys = temp_dir("keys");
+    let (kg, pg) = keypair(&keys, "gmade");
+    let (_ki, pi) = keypair(&keys, "imageuser");
+    w.set_keys(&format!("gmade:{pg}\nimageuser:{pi}"));
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("gmade")).contains(blob(&pg))
+            && read(&ak_path("imageuser")).contains(blob(&pi))
+    })
+    .unwrap_or_else(|| panic!("keys installed: {}", w.log()));
+    let state_file = Path::new("/var/lib/google/gce-accounts-state.json");
+    let state: serde_json::Value = serde_json::from_str(&read(state_file)).unwrap();
+    assert_eq!(state["users"]["gmade"]["origin"], "created", "{state}");
+    assert_eq!(state["users"]["imageuser"]["origin"], "adopted", "{state}");
+    assert_ne!(state["users"]["root"]["origin"], "created", "{state}");
+    assert_ne!(state["users"]["daemon"]["origin"], "created", "{state}");
+    assert!(state["users"].get("../etc").is_none(), "{state}");
+    let sshd = Sshd::start("");
+    assert!(login_ok(&sshd, "gmade", &kg), "login: {}", sshd.log());
+
+    w.set_keys("");
+    wait_until(Duration::from_secs(10), || !user_exists("gmade"))
+        .unwrap_or_else(|| panic!("created user deprovisioned: {}", w.log()));
+    wait_until(Duration::from_secs(10), || {
+        !read(&ak_path("imageuser")).contains(blob(&pi))
+    })
+    .expect("adopted user's managed key removed");
+    assert!(
+        user_exists("imageuser"),
+        "a user Google's agent did not create stays"
+    );
+    assert!(Path::new("/home/imageuser").is_dir());
+    for kept in ["root", "daemon"] {
+        assert!(user_exists(kept));
+    }
+    let passwd_after = read(Path::new("/etc/passwd"));
+    let lost: Vec<&str> = passwd_before
+        .lines()
+        .filter(|l| !passwd_after.contains(*l))
+        .collect();
+    assert_eq!(lost.len(), 1, "only gmade was deleted: {lost:?}");
+    assert!(lost[0].starts_with("gmade:"));
+    assert!(w.log().contains("created by Google's agent"), "{}", w.log());
+}

@@ -9,6 +9,8 @@
 //!   the line written for each key.
 //! - [`cache`]: the format of the `gce-authorized-keys` cache, and which of its keys are valid.
 //! - [`plan`]: desired + record + local accounts → the ordered [`Action`](crate::action::Action)s.
+//! - [`takeover`]: which users Google's agents created, from their `google_users` list and the
+//!   marks their `useradd` leaves.
 
 pub mod authorized_keys;
 pub mod cache;
@@ -16,3 +18,4 @@ pub mod delta;
 pub mod desired;
 pub mod keys;
 pub mod plan;
+pub mod takeover;

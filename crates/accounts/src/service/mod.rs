@@ -14,11 +14,12 @@ use crate::decide::delta::{self, Inputs};
 use crate::decide::desired::{Desired, desired_keys_memo};
 use crate::decide::keys::{KeyEntry, ParseMemo};
 use crate::decide::plan::{PlanConfig, plan};
-use crate::record::{self, Origin, State};
+use crate::decide::takeover::{self, Evidence};
+use crate::record::{self, Loaded, Origin, State};
 use crate::system::commands;
 use crate::system::key_cache::KeyCache;
 use crate::system::markers::Markers;
-use crate::system::passwd::{Nss, uid_min};
+use crate::system::passwd::{Nss, parse_passwd, parse_shadow_passwords, uid_min};
 use chrono::{DateTime, Utc};
 use gce_agent::config::{self, Config};
 use gce_agent::daemon::Service;
@@ -82,12 +83,18 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn new(config: &Config, client: Client, paths: Paths) -> Accounts {
-        let state = record::load(&paths.state, &paths.google_users);
         let plan_cfg = PlanConfig {
             deprovision_remove: config.accounts.deprovision_remove,
             uid_min: uid_min(&paths.login_defs),
             allowed_system_users: config.accounts.allowed_system_users.clone(),
             expiry: ExpiryOption::None,
+        };
+        let state = match record::load(&paths.state) {
+            Loaded::State(s) => s,
+            Loaded::Missing => take_over(&paths, plan_cfg.uid_min),
+            Loaded::Unusable => record::read_google_users(&paths.google_users)
+                .map(|text| State::from_google_users_file(&text))
+                .unwrap_or_default(),
         };
         let nss = Nss::new(&paths.passwd);
         nss.look_everywhere_for(
@@ -401,6 +408,42 @@ impl Accounts {
             }
         }
     }
+}
+
+/// The first start without a state file: the users Google's agents listed in `google_users`,
+/// created where the accounts bear their `useradd`'s mark ([`takeover`]), adopted otherwise.
+fn take_over(paths: &Paths, uid_min: u32) -> State {
+    let Some(text) = record::read_google_users(&paths.google_users) else {
+        return State::default();
+    };
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let passwd = parse_passwd(&read(paths.passwd.clone()));
+    let shadow = parse_shadow_passwords(&read(paths.passwd.with_file_name("shadow")));
+    let ev = Evidence {
+        passwd: &passwd,
+        shadow: &shadow,
+        uid_min,
+    };
+    let state = takeover::from_google_agents(&text, &ev);
+    for (name, u) in &state.users {
+        if u.origin == Origin::Created {
+            info!(USER = %name, "user {name} was created by Google's agent (listed in google_users, password '*' as its useradd sets): recorded as created, deprovision_remove applies");
+        }
+    }
+    if !state.users.is_empty() {
+        let created = state
+            .users
+            .values()
+            .filter(|u| u.origin == Origin::Created)
+            .count();
+        info!(
+            "taking over {} user(s) listed in {}: {created} created by Google's agent, {} adopted (never deleted)",
+            state.users.len(),
+            paths.google_users.display(),
+            state.users.len() - created
+        );
+    }
+    state
 }
 
 impl Service for Accounts {

@@ -222,6 +222,23 @@ pub fn parse_passwd(text: &str) -> HashMap<String, LocalUser> {
     map
 }
 
+/// `name:password:…` lines of `/etc/shadow` → name → password field; malformed lines skipped.
+pub fn parse_shadow_passwords(text: &str) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    for line in text.lines() {
+        let mut f = line.split(':');
+        let (Some(name), Some(password)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if name.is_empty() || name.starts_with('+') || name.starts_with('-') {
+            continue;
+        }
+        map.entry(name.to_string())
+            .or_insert_with(|| password.to_string());
+    }
+    map
+}
+
 /// `name:x:gid:member,member` lines → name → members; malformed lines are skipped.
 pub fn parse_group(text: &str) -> HashMap<String, Vec<String>> {
     let mut map = HashMap::new();
