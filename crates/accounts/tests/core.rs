@@ -1599,13 +1599,34 @@ fn plan_rules() {
             refused: vec![],
         },
         Row {
-            rule: "OS Login: stand down, remove nothing",
+            rule: "OS Login: the keys and sudo metadata granted are taken back; nobody is deleted",
             desired: Desired {
                 oslogin: true,
                 ..Desired::default()
             },
             state: state(&[("alice", managed(Origin::Created, &[ED]))]),
             local: local(&[("alice", 1001, bash)]),
+            cfg: remove.clone(),
+            actions: vec![write("alice", &[]), unsudo("alice")],
+            refused: vec![],
+        },
+        Row {
+            rule: "OS Login: a user with nothing granted, or without an account, gets no action",
+            desired: Desired {
+                oslogin: true,
+                ..Desired::default()
+            },
+            state: state(&[
+                (
+                    "bob",
+                    UserState {
+                        origin: Origin::Created,
+                        ..UserState::default()
+                    },
+                ),
+                ("gone", managed(Origin::Adopted, &[ED])),
+            ]),
+            local: local(&[("bob", 1002, bash)]),
             cfg: remove.clone(),
             actions: vec![],
             refused: vec![],

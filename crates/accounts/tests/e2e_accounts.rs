@@ -764,3 +764,74 @@ fn e2e_users_googles_agent_created_are_deprovisioned_the_others_stay() {
     assert!(lost[0].starts_with("gmade:"));
     assert!(w.log().contains("created by Google's agent"), "{}", w.log());
 }
+
+/// OS Login switches the instance away from metadata keys and back, while running and at start:
+/// project `enable-oslogin=TRUE` takes the key we installed away (login refused; the user's own
+/// line, the account and the AuthorizedKeysCommand cache's absence of keys prove what stays and
+/// what goes), an instance `enable-oslogin=FALSE` overrides it and the key comes back; a daemon
+/// started while OS Login is on removes the key too. deprovision_remove=true: nobody is deleted.
+#[test]
+fn e2e_oslogin_on_takes_metadata_keys_away_and_off_brings_them_back() {
+    if !sandbox("e2e_oslogin_on_takes_metadata_keys_away_and_off_brings_them_back") {
+        return;
+    }
+    let mut w = World::new("[Accounts]\ndeprovision_remove = true\n");
+    let handle = w.emu().handle();
+    // The default document sets the instance value to FALSE, which would override the project.
+    handle.remove_instance_attribute("enable-oslogin");
+    let keys = temp_dir("keys");
+    let (k, p) = keypair(&keys, "olga");
+    let (own, own_pub) = keypair(&keys, "olga-own");
+    w.set_keys(&format!("olga:{p}"));
+    let cache = Path::new("/run/gce-guest-agents/authorized-keys/olga");
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("olga")).contains(blob(&p)) && read(cache).contains(blob(&p))
+    })
+    .unwrap_or_else(|| panic!("key installed: {}", w.log()));
+    let path = ak_path("olga");
+    let mut content = read(&path).into_bytes();
+    content.extend_from_slice(format!("{own_pub}\n").as_bytes());
+    std::fs::write(&path, &content).unwrap();
+    let sshd = Sshd::start("");
+    assert!(login_ok(&sshd, "olga", &k), "metadata key: {}", sshd.log());
+
+    handle.set_project_attribute("enable-oslogin", "TRUE");
+    wait_until(Duration::from_secs(10), || !read(&path).contains(blob(&p)))
+        .unwrap_or_else(|| panic!("managed key removed under OS Login: {}", w.log()));
+    assert!(!login_ok(&sshd, "olga", &k), "metadata key refused");
+    assert!(login_ok(&sshd, "olga", &own), "the user's own key stays");
+    assert!(read(&path).contains(&own_pub));
+    wait_until(Duration::from_secs(10), || !cache.exists())
+        .expect("AuthorizedKeysCommand cache emptied");
+    let akc = Command::new(AKC).arg("olga").output().unwrap();
+    assert!(akc.status.success() && akc.stdout.is_empty());
+    assert!(user_exists("olga"), "OS Login deletes nobody");
+    let grp = Command::new("id").args(["-nG", "olga"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&grp.stdout).contains("google-sudoers"),
+        "sudo granted by metadata is taken back"
+    );
+
+    handle.set_instance_attribute("enable-oslogin", "FALSE");
+    wait_until(Duration::from_secs(10), || read(&path).contains(blob(&p)))
+        .unwrap_or_else(|| panic!("key back when the instance overrides: {}", w.log()));
+    assert!(login_ok(&sshd, "olga", &k), "login works again");
+    let out = sshd.login("olga", &k, "sudo -n true && echo SUDO-OK");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUDO-OK"));
+
+    // At start: the daemon is down when OS Login is turned on.
+    w.kill_daemon();
+    handle.set_instance_attribute("enable-oslogin", "true");
+    w.start_daemon();
+    wait_until(Duration::from_secs(10), || !read(&path).contains(blob(&p)))
+        .unwrap_or_else(|| panic!("key removed at start under OS Login: {}", w.log()));
+    assert!(!login_ok(&sshd, "olga", &k));
+    assert!(login_ok(&sshd, "olga", &own));
+    assert!(user_exists("olga"));
+    let state: serde_json::Value =
+        serde_json::from_str(&read(Path::new("/var/lib/google/gce-accounts-state.json"))).unwrap();
+    assert_eq!(
+        state["users"]["olga"]["origin"], "created",
+        "the record survives OS Login"
+    );
+}

@@ -5,6 +5,8 @@
 //! - [`keys`]: parsing `USER:KEY` lines, options, blobs, fingerprints and `google-ssh` expiry.
 //! - [`desired`]: metadata attributes + now → the keys each user should have.
 //! - [`delta`]: the same, incrementally, for the users whose lines changed.
+//! - [`oslogin`]: whether OS Login replaces metadata keys (and its 2FA, security-key and
+//!   certificate companions).
 //! - [`authorized_keys`]: the `# Added by Google` file format shared with Google's agents, and
 //!   the line written for each key.
 //! - [`cache`]: the format of the `gce-authorized-keys` cache, and which of its keys are valid.
@@ -17,5 +19,6 @@ pub mod cache;
 pub mod delta;
 pub mod desired;
 pub mod keys;
+pub mod oslogin;
 pub mod plan;
 pub mod takeover;

@@ -4,7 +4,8 @@
 //!
 //! Incremental by construction: a user whose installed lines equal the desired
 //! ones and who is already in the sudoers group gets no action at all, so a
-//! restart or an unrelated metadata change touches nobody.
+//! restart or an unrelated metadata change touches nobody. With OS Login on, the
+//! plan takes back what metadata keys granted and nothing else.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -93,8 +94,7 @@ fn reserved_reason(user: &LocalUser, cfg: &PlanConfig) -> String {
 pub fn plan(desired: &Desired, state: &State, local: &dyn LocalUsers, cfg: &PlanConfig) -> Plan {
     let mut out = Plan::default();
     if desired.oslogin {
-        // OS Login owns access: stand down, remove nothing.
-        return out;
+        return plan_oslogin(state, local);
     }
     let names: BTreeSet<&String> = desired.users.keys().chain(state.users.keys()).collect();
     for name in names {
@@ -184,6 +184,33 @@ pub fn plan(desired: &Desired, state: &State, local: &dyn LocalUsers, cfg: &Plan
             }
             (None, None) => unreachable!("name comes from desired or state"),
         }
+    }
+    out
+}
+
+/// OS Login owns access: whatever metadata keys granted goes — the lines we installed (the
+/// user's own lines stay, as always) and the sudoers membership — while every account and its
+/// record stay (nobody is deleted; a created user is still ours when OS Login is turned off and
+/// the metadata keys come back). A user taken over from Google's agents has no recorded lines
+/// but is in the sudoers group, so its file is cleaned too; once both are gone, nothing more.
+fn plan_oslogin(state: &State, local: &dyn LocalUsers) -> Plan {
+    let mut out = Plan::default();
+    for (name, remembered) in &state.users {
+        let user = name.clone();
+        if let Err(e) = validate_username(name) {
+            out.refused.push((user.clone(), e.to_string()));
+            out.actions.push(Action::Forget { user });
+            continue;
+        }
+        let granted = !remembered.keys.is_empty() || remembered.in_sudoers;
+        if !granted || local.lookup(name).is_none() {
+            continue;
+        }
+        out.actions.push(Action::WriteKeys {
+            user: user.clone(),
+            lines: Vec::new(),
+        });
+        out.actions.push(Action::RemoveFromSudoers { user });
     }
     out
 }

@@ -13,6 +13,7 @@ use crate::decide::cache;
 use crate::decide::delta::{self, Inputs};
 use crate::decide::desired::{Desired, desired_keys_memo};
 use crate::decide::keys::{KeyEntry, ParseMemo};
+use crate::decide::oslogin::{self, OsLoginSettings};
 use crate::decide::plan::{PlanConfig, plan};
 use crate::decide::takeover::{self, Evidence};
 use crate::record::{self, Loaded, Origin, State};
@@ -79,6 +80,8 @@ pub struct Accounts {
     /// The inputs and result of the last pass, for the incremental path ([`delta`]).
     inputs: Option<Inputs>,
     desired: Option<Desired>,
+    /// OS Login as of the last snapshot.
+    oslogin: OsLoginSettings,
 }
 
 impl Accounts {
@@ -125,7 +128,25 @@ impl Accounts {
             fingerprints: HashMap::new(),
             inputs: None,
             desired: None,
+            oslogin: OsLoginSettings::default(),
         }
+    }
+
+    /// Notes a change of the OS Login settings (logged once per change).
+    fn switch_oslogin(&mut self, settings: OsLoginSettings) {
+        if settings == self.oslogin {
+            return;
+        }
+        if settings.enabled != self.oslogin.enabled {
+            if settings.enabled {
+                info!(
+                    "OS Login is on: removing the SSH keys and sudo this agent granted from metadata (accounts and users' own keys stay)"
+                );
+            } else {
+                info!("OS Login is off: metadata SSH keys are managed again");
+            }
+        }
+        self.oslogin = settings;
     }
 
     fn warn_once(&mut self, key: String, msg: impl FnOnce()) {
@@ -169,13 +190,6 @@ impl Accounts {
         }
         let t_desired = started.elapsed();
         self.next_expiry = desired.next_expiry;
-        if desired.oslogin {
-            self.warn_once("oslogin".into(), || {
-                info!("OS Login is enabled: metadata SSH keys are not managed")
-            });
-            return Ok("OS Login enabled; standing down".into());
-        }
-        self.warned.remove("oslogin");
         self.report_rejected(&desired);
         if !self.expiry_checked {
             self.plan_cfg.expiry = match commands::openssh_expiry_option().await {
@@ -189,7 +203,8 @@ impl Accounts {
             };
             self.expiry_checked = true;
         }
-        if !self.sudoers_ready {
+        // Under OS Login the sudoers group is not ours to grant (the package has its own).
+        if !self.sudoers_ready && !desired.oslogin {
             self.sudoers_ready = self.ensure_sudoers().await;
         }
 
@@ -263,6 +278,9 @@ impl Accounts {
             .filter(|u| !u.keys.is_empty())
             .count();
         let mut status = format!("{with_keys} users, {keys} keys managed");
+        if self.oslogin.enabled {
+            status.push_str("; OS Login on: metadata keys grant nothing");
+        }
         if let Some(t) = self.next_expiry {
             status.push_str(&format!("; next expiry {}", t.format("%Y-%m-%dT%H:%M:%SZ")));
         }
@@ -455,6 +473,13 @@ impl Service for Accounts {
 
     async fn apply(&mut self, snap: &Snapshot<Root>) -> anyhow::Result<String> {
         self.last = Some(snap.clone());
+        // The one place the snapshot's OS Login state is read. The keys side follows from it in
+        // the pass below (decide::desired and decide::plan read the same settings): on, the
+        // metadata keys we installed and the AuthorizedKeysCommand cache are emptied; off, they
+        // come back. Configuring the host for the OS Login package hooks in here too.
+        let attrs = &snap.value;
+        let oslogin = oslogin::settings(&attrs.instance.attributes, &attrs.project.attributes);
+        self.switch_oslogin(oslogin);
         self.reconcile().await
     }
 
