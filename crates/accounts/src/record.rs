@@ -211,22 +211,38 @@ pub fn read_google_users(path: &Path) -> Option<String> {
     }
 }
 
-/// Writes the state file (atomic, fsync'd: the write-ahead record of a creation must survive a
-/// crash), then Google's list of managed users, kept in step so either agent can take over.
-pub fn save(state: &State, state_path: &Path, google_users: &Path) {
-    let opts = WriteOpts::new(0o600).owner(0, 0);
-    if let Some(dir) = state_path.parent() {
+/// Writes the state file: atomic and fsync'd, so a write-ahead record of a creation survives a
+/// crash.
+pub fn save(state: &State, state_path: &Path) {
+    if let Some(dir) = state_path.parent()
+        && !dir.is_dir()
+    {
         let _ = std::fs::create_dir_all(dir);
     }
+    let opts = WriteOpts::new(0o600).owner(0, 0);
     if let Err(e) = afs::write_atomic(state_path, &state.to_bytes(), &opts) {
         error!("saving {}: {e}", state_path.display());
     }
+}
+
+/// Google's list of managed users (one name per line), as Google's agents write it.
+pub fn google_users_text(state: &State) -> String {
     let mut names = String::new();
     for u in state.users.keys() {
         names.push_str(u);
         names.push('\n');
     }
-    if let Err(e) = afs::write_atomic(google_users, names.as_bytes(), &opts) {
-        debug!("saving {}: {e}", google_users.display());
+    names
+}
+
+/// Writes Google's list of managed users, kept in step so either agent can take over. Not part
+/// of the write-ahead record: nothing of ours depends on it.
+pub fn save_google_users(text: &str, path: &Path) -> bool {
+    match afs::write_atomic(path, text.as_bytes(), &WriteOpts::new(0o600).owner(0, 0)) {
+        Ok(()) => true,
+        Err(e) => {
+            debug!("saving {}: {e}", path.display());
+            false
+        }
     }
 }

@@ -82,6 +82,8 @@ pub struct Accounts {
     desired: Option<Desired>,
     /// OS Login as of the last snapshot.
     oslogin: OsLoginSettings,
+    /// The content of `google_users` as last written (rewritten only when the names change).
+    google_users_written: Option<String>,
 }
 
 impl Accounts {
@@ -129,6 +131,7 @@ impl Accounts {
             inputs: None,
             desired: None,
             oslogin: OsLoginSettings::default(),
+            google_users_written: None,
         }
     }
 
@@ -155,8 +158,21 @@ impl Accounts {
         }
     }
 
-    fn save_state(&self) {
-        record::save(&self.state, &self.paths.state, &self.paths.google_users);
+    /// Saves the record, and Google's user list when its names changed.
+    fn save_state(&mut self) {
+        self.save_record();
+        let text = record::google_users_text(&self.state);
+        if self.google_users_written.as_ref() != Some(&text)
+            && record::save_google_users(&text, &self.paths.google_users)
+        {
+            self.google_users_written = Some(text);
+        }
+    }
+
+    /// Saves the record alone: the write-ahead step before useradd, which should cost one
+    /// durable write and nothing else.
+    fn save_record(&self) {
+        record::save(&self.state, &self.paths.state);
     }
 
     /// Bring the machine in line with the last snapshot at the current time.
@@ -250,8 +266,9 @@ impl Accounts {
             for a in creating {
                 self.state.record(a);
             }
-            self.save_state();
+            self.save_record();
         }
+        let t_recorded = started.elapsed();
 
         let changed = self.run_plan(plan.actions).await || any_created;
         let t_applied = started.elapsed();
@@ -264,8 +281,8 @@ impl Accounts {
         self.publish(&desired, root, &snap.etag, dirty.as_ref())
             .await;
         debug!(
-            "reconcile timings: desired {t_desired:?}, applied {t_applied:?}, state saved {t_state:?}, \
-             cache {t_cache:?}, published {:?}",
+            "reconcile timings: desired {t_desired:?}, write-ahead recorded {t_recorded:?}, applied {t_applied:?}, \
+             state saved {t_state:?}, cache {t_cache:?}, published {:?}",
             started.elapsed()
         );
 
