@@ -240,6 +240,25 @@ fn main() {
         "  daemon's own share above useradd alone (paired runs): median {:.2} ms",
         share[share.len() / 2]
     );
+    // With BENCH_DAEMON_LOG=info,gce_accounts=debug: the same share as the daemon itself times
+    // it (its pass up to useradd's start plus everything after useradd returned), free of the
+    // metadata round trip and of this process's polling.
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let mut own: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("new user new"))
+        .filter_map(|l| l.split("OWN_US=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|us| us / 1e3)
+        .collect();
+    if !own.is_empty() {
+        own.sort_by(f64::total_cmp);
+        println!(
+            "  the daemon's own share as it times it: median {:.2} ms (n={})",
+            own[own.len() / 2],
+            own.len()
+        );
+    }
 
     // 2. Key change for an existing user.
     let mut s = Vec::new();

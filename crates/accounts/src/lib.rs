@@ -7,8 +7,9 @@
 //! - [`record`]: **keeps the record** — who we created, who we adopted, which lines we
 //!   installed — in memory and in the state file (plus Google's `google_users` list).
 //! - [`decide`]: **decides what should be**, pure (no files, commands or network; the clock is
-//!   an argument): parsing `ssh-keys`, the desired keys per user, the authorized_keys and cache
-//!   formats, and [`decide::plan`], which turns desired + record + local accounts into actions.
+//!   an argument): parsing `ssh-keys`, the desired keys per user, the OS Login settings, the
+//!   authorized_keys and cache formats, which of Google's users its agents created, and
+//!   [`decide::plan`], which turns desired + record + local accounts into actions.
 //! - [`system`]: the effects, one job per file — reading local accounts
 //!   ([`system::passwd`]), **running commands** ([`system::commands`]: useradd, gpasswd,
 //!   userdel…), **writing keys** ([`system::key_files`]: authorized_keys;

@@ -10,8 +10,8 @@ use crate::system::key_files::{self, HomeError, Outcome};
 use gce_agent::cmd::CmdError;
 use gce_agent::msgid;
 use std::collections::BTreeSet;
-use std::time::Duration;
-use tracing::{error, info, warn};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
 
 /// Longest wait between two attempts to create a user.
 const RETRY_MAX: Duration = Duration::from_secs(300);
@@ -58,14 +58,29 @@ impl Accounts {
                     break;
                 };
                 let run = commands::useradd(&self.cfg, &user, &groups);
-                running.spawn(async move { (user, actions, run.await) });
+                running.spawn(async move {
+                    let started = Instant::now();
+                    let res = run.await;
+                    (user, actions, res, started, started.elapsed())
+                });
             }
             let Some(done) = running.join_next().await else {
                 break;
             };
             match done {
-                Ok((user, actions, res)) => {
+                Ok((user, actions, res, started, useradd)) => {
                     changed |= self.apply_user(&user, &actions, Some(res)).await;
+                    // The daemon's own share of a new user: the pass up to this useradd's start,
+                    // plus everything after it returned (keys, sudo); `scripts/bench accounts`
+                    // reads these fields.
+                    let own =
+                        started.duration_since(self.pass_started) + started.elapsed() - useradd;
+                    debug!(
+                        USER = %user,
+                        USERADD_US = useradd.as_micros() as u64,
+                        OWN_US = own.as_micros() as u64,
+                        "new user {user}: useradd {useradd:?}, the daemon's own share {own:?}"
+                    );
                 }
                 // A panic aborts the process (panic = "abort"); cancellation does not happen.
                 Err(e) => error!("user creation task failed: {e}"),

@@ -84,6 +84,8 @@ pub struct Accounts {
     oslogin: OsLoginSettings,
     /// The content of `google_users` as last written (rewritten only when the names change).
     google_users_written: Option<String>,
+    /// When the current pass began (for the debug timings).
+    pass_started: std::time::Instant,
 }
 
 impl Accounts {
@@ -132,6 +134,7 @@ impl Accounts {
             desired: None,
             oslogin: OsLoginSettings::default(),
             google_users_written: None,
+            pass_started: std::time::Instant::now(),
         }
     }
 
@@ -182,6 +185,7 @@ impl Accounts {
         };
         let root = &snap.value;
         let started = std::time::Instant::now();
+        self.pass_started = started;
         let now = Utc::now();
         // Only the users whose lines changed, when that gives the same answer as a full pass.
         let inputs = Inputs::of(&root.instance.attributes, &root.project.attributes);
