@@ -1,42 +1,39 @@
 //! gce-accounts: local users and their SSH keys from GCE metadata (SPEC §2).
 //!
-//! The library is split so that everything deciding *what* should happen is pure
-//! and testable without root:
+//! The tree says who does what, and imports flow one way (down this list, never back up):
 //!
-//! - [`names`]: which user names are acceptable, and which accounts are reserved.
-//! - [`keys`]: parsing `USER:KEY` lines, options, blobs and `google-ssh` expiry.
-//! - [`desired`]: metadata snapshot + clock → the keys each user should have.
-//! - [`authorized_keys`]: the `# Added by Google` file format, shared with Google's agents.
-//! - [`state`]: what the daemon remembers (created vs adopted, installed lines).
-//! - [`plan`]: desired + state + local accounts → ordered actions.
+//! - [`names`], [`action`]: the shared vocabulary — which user names are acceptable, and the
+//!   steps a plan is made of. They import nothing else from the crate.
+//! - [`record`]: **keeps the record** — who we created, who we adopted, which lines we
+//!   installed — in memory and in the state file (plus Google's `google_users` list).
+//! - [`decide`]: **decides what should be**, pure (no files, commands or network; the clock is
+//!   an argument): parsing `ssh-keys`, the desired keys per user, the OS Login settings, the
+//!   authorized_keys and cache formats, which of Google's users its agents created, and
+//!   [`decide::plan`], which turns desired + record + local accounts into actions.
+//! - [`system`]: the effects, one job per file — reading local accounts
+//!   ([`system::passwd`]), **running commands** ([`system::commands`]: useradd, gpasswd,
+//!   userdel…), **writing keys** ([`system::key_files`]: authorized_keys;
+//!   [`system::key_cache`]: the `gce-authorized-keys` cache), publishing ready markers
+//!   ([`system::markers`]).
+//! - [`service`]: the daemon — one pass calls decide, runs the plan through system, updates the
+//!   record; plus the expiry timer.
 //!
-//! At the edge, with effects:
-//!
-//! - [`passwd`]: local account lookups (cached /etc/passwd, NSS fallback).
-//! - [`home`]: symlink-safe, atomic authorized_keys writes.
-//! - [`cache`]: the root-owned key cache read by `gce-authorized-keys`.
-//! - [`reconcile`]: runs plans (useradd, gpasswd, writes), expiry timer, ready markers.
+//! The binaries (`src/bin/`) are thin: `gce-accounts-daemon` runs [`service::Accounts`] under
+//! gce-agent's run loop; `gce-authorized-keys` reads the cache through [`decide::cache`].
 
-mod b64;
-mod sha256;
-
-pub mod authorized_keys;
-pub mod cache;
-pub mod delta;
-pub mod desired;
-pub mod home;
-pub mod keys;
+pub mod action;
+pub mod decide;
 pub mod names;
-pub mod passwd;
-pub mod plan;
-pub mod reconcile;
-pub mod state;
+pub mod record;
+pub mod service;
+pub mod system;
 
-pub use authorized_keys::{ExpiryOption, MARKER};
-pub use desired::{Desired, KeySource, Rejected, desired_keys, desired_keys_memo};
-pub use keys::{
+pub use action::Action;
+pub use decide::authorized_keys::{ExpiryOption, MARKER};
+pub use decide::desired::{Desired, KeySource, Rejected, desired_keys, desired_keys_memo};
+pub use decide::keys::{
     AuthorizedKey, KeyEntry, KeyError, LineError, ParseMemo, ParsedLine, parse_ssh_keys,
 };
+pub use decide::plan::{LocalUser, LocalUsers, Plan, PlanConfig, plan};
 pub use names::{NameError, validate_username};
-pub use plan::{Action, LocalUser, LocalUsers, Plan, PlanConfig, plan};
-pub use state::{Origin, State, StateError, UserState};
+pub use record::{Origin, State, StateError, UserState};

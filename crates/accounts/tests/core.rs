@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
-use gce_accounts::authorized_keys::{
+use gce_accounts::decide::authorized_keys::{
     self, ExpiryOption, MARKER, key_line, managed_lines_in, openssh_supports_utc_expiry, render,
 };
-use gce_accounts::keys::{GoogleSshError, KeyError, parse_authorized_key, parse_expire_on};
+use gce_accounts::decide::keys::{GoogleSshError, KeyError, parse_authorized_key, parse_expire_on};
 use gce_accounts::names::{NameError, is_reserved, parse_uid_min, validate_username};
 use gce_accounts::{
     Action, Desired, KeySource, LocalUser, Origin, PlanConfig, State, StateError, UserState,
@@ -493,7 +493,7 @@ fn line_format_rejected() {
 
 #[test]
 fn every_known_key_type_is_recognised_without_options() {
-    for ty in gce_accounts::keys::KEY_TYPES {
+    for ty in gce_accounts::decide::keys::KEY_TYPES {
         // A minimal well-formed blob: the length-prefixed type string.
         let mut wire = (ty.len() as u32).to_be_bytes().to_vec();
         wire.extend_from_slice(ty.as_bytes());
@@ -505,21 +505,8 @@ fn every_known_key_type_is_recognised_without_options() {
 }
 
 fn std_b64(data: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let v = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(A[(v >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[test]
@@ -1612,13 +1599,34 @@ fn plan_rules() {
             refused: vec![],
         },
         Row {
-            rule: "OS Login: stand down, remove nothing",
+            rule: "OS Login: the keys and sudo metadata granted are taken back; nobody is deleted",
             desired: Desired {
                 oslogin: true,
                 ..Desired::default()
             },
             state: state(&[("alice", managed(Origin::Created, &[ED]))]),
             local: local(&[("alice", 1001, bash)]),
+            cfg: remove.clone(),
+            actions: vec![write("alice", &[]), unsudo("alice")],
+            refused: vec![],
+        },
+        Row {
+            rule: "OS Login: a user with nothing granted, or without an account, gets no action",
+            desired: Desired {
+                oslogin: true,
+                ..Desired::default()
+            },
+            state: state(&[
+                (
+                    "bob",
+                    UserState {
+                        origin: Origin::Created,
+                        ..UserState::default()
+                    },
+                ),
+                ("gone", managed(Origin::Adopted, &[ED])),
+            ]),
+            local: local(&[("bob", 1002, bash)]),
             cfg: remove.clone(),
             actions: vec![],
             refused: vec![],

@@ -2,26 +2,13 @@
 //! all four key sources, each step checked against `desired_keys` of the new snapshot.
 
 use chrono::{TimeZone, Utc};
-use gce_accounts::delta::{Inputs, update};
+use gce_accounts::decide::delta::{Inputs, update};
 use gce_accounts::desired_keys;
 use std::collections::BTreeMap;
 
 fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 fn key(seed: u8) -> String {

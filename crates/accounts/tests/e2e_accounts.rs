@@ -530,7 +530,7 @@ fn e2e_authorized_keys_command_mode_logs_in_without_a_key_file_and_expires_on_ti
 /// which case the daemon must not map any NSS module.
 fn nsswitch_is_files_only() -> bool {
     let text = read(Path::new("/etc/nsswitch.conf"));
-    let o = gce_accounts::passwd::parse_nsswitch(&text);
+    let o = gce_accounts::system::passwd::parse_nsswitch(&text);
     !o.passwd && !o.group
 }
 
@@ -690,4 +690,148 @@ fn e2e_a_key_expires_on_time_after_a_restart_with_the_metadata_server_down() {
         "the other key stays"
     );
     assert!(w.log().contains("expiry read from the state file"));
+}
+
+/// Taking over from Google's agents: of the users listed in their `google_users`, the one their
+/// `useradd -p *` made is recognised as created (deleted with `deprovision_remove=true` once it
+/// leaves metadata); an account that existed before them, root, a system account, a name that
+/// does not exist and a hostile line stay adopted or are ignored — never deleted.
+#[test]
+fn e2e_users_googles_agent_created_are_deprovisioned_the_others_stay() {
+    if !sandbox("e2e_users_googles_agent_created_are_deprovisioned_the_others_stay") {
+        return;
+    }
+    let useradd = |args: &[&str]| {
+        assert!(
+            Command::new("useradd")
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    // What Google's agent ran for a user it created, and an image's own pre-existing user.
+    useradd(&["-m", "-s", "/bin/bash", "-p", "*", "gmade"]);
+    useradd(&["-m", "-s", "/bin/bash", "imageuser"]);
+    std::fs::create_dir_all("/var/lib/google").unwrap();
+    std::fs::write(
+        "/var/lib/google/google_users",
+        "gmade\nimageuser\nroot\ndaemon\n../etc\nghost\n",
+    )
+    .unwrap();
+    let passwd_before = read(Path::new("/etc/passwd"));
+    let w = World::new("[Accounts]\ndeprovision_remove = true\n");
+    let keys = temp_dir("keys");
+    let (kg, pg) = keypair(&keys, "gmade");
+    let (_ki, pi) = keypair(&keys, "imageuser");
+    w.set_keys(&format!("gmade:{pg}\nimageuser:{pi}"));
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("gmade")).contains(blob(&pg))
+            && read(&ak_path("imageuser")).contains(blob(&pi))
+    })
+    .unwrap_or_else(|| panic!("keys installed: {}", w.log()));
+    let state_file = Path::new("/var/lib/google/gce-accounts-state.json");
+    let state: serde_json::Value = serde_json::from_str(&read(state_file)).unwrap();
+    assert_eq!(state["users"]["gmade"]["origin"], "created", "{state}");
+    assert_eq!(state["users"]["imageuser"]["origin"], "adopted", "{state}");
+    assert_ne!(state["users"]["root"]["origin"], "created", "{state}");
+    assert_ne!(state["users"]["daemon"]["origin"], "created", "{state}");
+    assert!(state["users"].get("../etc").is_none(), "{state}");
+    let sshd = Sshd::start("");
+    assert!(login_ok(&sshd, "gmade", &kg), "login: {}", sshd.log());
+
+    w.set_keys("");
+    wait_until(Duration::from_secs(10), || !user_exists("gmade"))
+        .unwrap_or_else(|| panic!("created user deprovisioned: {}", w.log()));
+    wait_until(Duration::from_secs(10), || {
+        !read(&ak_path("imageuser")).contains(blob(&pi))
+    })
+    .expect("adopted user's managed key removed");
+    assert!(
+        user_exists("imageuser"),
+        "a user Google's agent did not create stays"
+    );
+    assert!(Path::new("/home/imageuser").is_dir());
+    for kept in ["root", "daemon"] {
+        assert!(user_exists(kept));
+    }
+    let passwd_after = read(Path::new("/etc/passwd"));
+    let lost: Vec<&str> = passwd_before
+        .lines()
+        .filter(|l| !passwd_after.contains(*l))
+        .collect();
+    assert_eq!(lost.len(), 1, "only gmade was deleted: {lost:?}");
+    assert!(lost[0].starts_with("gmade:"));
+    assert!(w.log().contains("created by Google's agent"), "{}", w.log());
+}
+
+/// OS Login switches the instance away from metadata keys and back, while running and at start:
+/// project `enable-oslogin=TRUE` takes the key we installed away (login refused; the user's own
+/// line, the account and the AuthorizedKeysCommand cache's absence of keys prove what stays and
+/// what goes), an instance `enable-oslogin=FALSE` overrides it and the key comes back; a daemon
+/// started while OS Login is on removes the key too. deprovision_remove=true: nobody is deleted.
+#[test]
+fn e2e_oslogin_on_takes_metadata_keys_away_and_off_brings_them_back() {
+    if !sandbox("e2e_oslogin_on_takes_metadata_keys_away_and_off_brings_them_back") {
+        return;
+    }
+    let mut w = World::new("[Accounts]\ndeprovision_remove = true\n");
+    let handle = w.emu().handle();
+    // The default document sets the instance value to FALSE, which would override the project.
+    handle.remove_instance_attribute("enable-oslogin");
+    let keys = temp_dir("keys");
+    let (k, p) = keypair(&keys, "olga");
+    let (own, own_pub) = keypair(&keys, "olga-own");
+    w.set_keys(&format!("olga:{p}"));
+    let cache = Path::new("/run/gce-guest-agents/authorized-keys/olga");
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("olga")).contains(blob(&p)) && read(cache).contains(blob(&p))
+    })
+    .unwrap_or_else(|| panic!("key installed: {}", w.log()));
+    let path = ak_path("olga");
+    let mut content = read(&path).into_bytes();
+    content.extend_from_slice(format!("{own_pub}\n").as_bytes());
+    std::fs::write(&path, &content).unwrap();
+    let sshd = Sshd::start("");
+    assert!(login_ok(&sshd, "olga", &k), "metadata key: {}", sshd.log());
+
+    handle.set_project_attribute("enable-oslogin", "TRUE");
+    wait_until(Duration::from_secs(10), || !read(&path).contains(blob(&p)))
+        .unwrap_or_else(|| panic!("managed key removed under OS Login: {}", w.log()));
+    assert!(!login_ok(&sshd, "olga", &k), "metadata key refused");
+    assert!(login_ok(&sshd, "olga", &own), "the user's own key stays");
+    assert!(read(&path).contains(&own_pub));
+    wait_until(Duration::from_secs(10), || !cache.exists())
+        .expect("AuthorizedKeysCommand cache emptied");
+    let akc = Command::new(AKC).arg("olga").output().unwrap();
+    assert!(akc.status.success() && akc.stdout.is_empty());
+    assert!(user_exists("olga"), "OS Login deletes nobody");
+    let grp = Command::new("id").args(["-nG", "olga"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&grp.stdout).contains("google-sudoers"),
+        "sudo granted by metadata is taken back"
+    );
+
+    handle.set_instance_attribute("enable-oslogin", "FALSE");
+    wait_until(Duration::from_secs(10), || read(&path).contains(blob(&p)))
+        .unwrap_or_else(|| panic!("key back when the instance overrides: {}", w.log()));
+    assert!(login_ok(&sshd, "olga", &k), "login works again");
+    let out = sshd.login("olga", &k, "sudo -n true && echo SUDO-OK");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUDO-OK"));
+
+    // At start: the daemon is down when OS Login is turned on.
+    w.kill_daemon();
+    handle.set_instance_attribute("enable-oslogin", "true");
+    w.start_daemon();
+    wait_until(Duration::from_secs(10), || !read(&path).contains(blob(&p)))
+        .unwrap_or_else(|| panic!("key removed at start under OS Login: {}", w.log()));
+    assert!(!login_ok(&sshd, "olga", &k));
+    assert!(login_ok(&sshd, "olga", &own));
+    assert!(user_exists("olga"));
+    let state: serde_json::Value =
+        serde_json::from_str(&read(Path::new("/var/lib/google/gce-accounts-state.json"))).unwrap();
+    assert_eq!(
+        state["users"]["olga"]["origin"], "created",
+        "the record survives OS Login"
+    );
 }

@@ -1,6 +1,6 @@
 //! gce-accounts-daemon: local users and SSH keys from metadata (see the gce_accounts library).
 
-use gce_accounts::reconcile::{Accounts, Paths};
+use gce_accounts::service::{Accounts, Paths};
 use gce_agent::{CommonArgs, daemon};
 use std::process::ExitCode;
 

@@ -6,7 +6,7 @@
 //! error it prints nothing and exits 0, so sshd's other methods still work. Each lookup is logged
 //! to authpriv with the user and fingerprint.
 
-use gce_accounts::cache::{self, COMPLETE};
+use gce_accounts::decide::cache::{self, COMPLETE};
 use gce_accounts::names::validate_username;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -81,7 +81,7 @@ fn from_metadata(user: &str) -> Vec<cache::CachedKey> {
         let Some(local) = nix::unistd::User::from_name(user).ok().flatten() else {
             return Vec::new();
         };
-        let uid_min = gce_accounts::passwd::uid_min(Path::new("/etc/login.defs"));
+        let uid_min = gce_accounts::system::passwd::uid_min(Path::new("/etc/login.defs"));
         if gce_accounts::names::is_reserved(
             user,
             Some(local.uid.as_raw()),
@@ -96,7 +96,10 @@ fn from_metadata(user: &str) -> Vec<cache::CachedKey> {
             .map(|e| {
                 (
                     e,
-                    gce_accounts::authorized_keys::key_line(e, gce_accounts::ExpiryOption::None),
+                    gce_accounts::decide::authorized_keys::key_line(
+                        e,
+                        gce_accounts::ExpiryOption::None,
+                    ),
                     e.key.fingerprint(),
                 )
             })

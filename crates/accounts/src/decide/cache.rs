@@ -4,7 +4,7 @@
 //! the expiry against the clock at login time, so a key stops working on the second even if the
 //! daemon is stopped.
 
-use crate::keys::KeyEntry;
+use crate::decide::keys::KeyEntry;
 
 /// Default location (tmpfs: rebuilt by the daemon at every start).
 pub const DEFAULT_DIR: &str = "/run/gce-guest-agents/authorized-keys";

@@ -13,8 +13,11 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use sha2::{Digest as _, Sha256};
+
 use crate::names::{NameError, validate_username};
-use crate::{b64, sha256};
 
 /// Key types OpenSSH accepts in authorized_keys (plus their certificate forms).
 pub const KEY_TYPES: &[&str] = &[
@@ -146,8 +149,8 @@ impl AuthorizedKey {
     /// for log fields. Falls back to the type and the blob's tail if the blob does
     /// not decode (only possible for hand-built values).
     pub fn fingerprint(&self) -> String {
-        match b64::decode(&self.blob) {
-            Ok(bytes) => format!("SHA256:{}", b64::encode_unpadded(&sha256::digest(&bytes))),
+        match decode_blob(&self.blob) {
+            Ok(bytes) => format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(&bytes))),
             Err(_) => {
                 let tail = self.blob.len().saturating_sub(12);
                 format!("{} …{}", self.key_type, self.blob.get(tail..).unwrap_or(""))
@@ -345,10 +348,28 @@ pub fn parse_authorized_key(s: &str) -> Result<AuthorizedKey, KeyError> {
     })
 }
 
+/// Strict standard base64 (canonical padding, no stray trailing bits), as OpenSSH reads a key
+/// blob; the error names what is wrong in words for the log line.
+fn decode_blob(blob: &str) -> Result<Vec<u8>, &'static str> {
+    if blob.is_empty() {
+        return Err("empty");
+    }
+    if !blob.len().is_multiple_of(4) {
+        return Err("length is not a multiple of 4");
+    }
+    STANDARD.decode(blob).map_err(|e| match e {
+        base64::DecodeError::InvalidByte(_, b'=') => "'=' before the end",
+        base64::DecodeError::InvalidByte(..) => "character outside the base64 alphabet",
+        base64::DecodeError::InvalidLength(_) => "length is not a multiple of 4",
+        base64::DecodeError::InvalidLastSymbol { .. } => "non-zero trailing bits",
+        base64::DecodeError::InvalidPadding => "bad '=' padding",
+    })
+}
+
 /// The blob is an SSH wire-format key: a length-prefixed type string first, which
 /// must name the declared type (sshd would ignore the line otherwise).
 fn check_blob(key_type: &str, blob: &str) -> Result<(), KeyError> {
-    let bytes = b64::decode(blob).map_err(|reason| KeyError::BadBase64 { reason })?;
+    let bytes = decode_blob(blob).map_err(|reason| KeyError::BadBase64 { reason })?;
     let Some(len) = bytes.get(..4) else {
         return Err(KeyError::BadBlob {
             reason: "too short to hold a key",
@@ -426,4 +447,37 @@ pub fn parse_expire_on(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
         .ok()
         .map(|t| t.to_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OpenSSH refuses a blob that is not canonical base64, so we do too (sshd would ignore the
+    /// line, and the user would see a key "installed" that never works).
+    #[test]
+    fn blob_base64_is_strict() {
+        let rows = [
+            ("Zm9v", Ok::<&[u8], &str>(b"foo")),
+            ("Zm9vYg==", Ok(b"foob")),
+            ("Zm9vYmE=", Ok(b"fooba")),
+            ("", Err("empty")),
+            ("Zg=", Err("length is not a multiple of 4")),
+            ("Zm9vYmFyA", Err("length is not a multiple of 4")),
+            ("Zm9v!A==", Err("character outside the base64 alphabet")),
+            ("Zm9v Yg=", Err("character outside the base64 alphabet")),
+            ("Z=g=", Err("'=' before the end")),
+            ("Zh==", Err("non-zero trailing bits")),
+        ];
+        for (text, want) in rows {
+            assert_eq!(
+                decode_blob(text).as_deref().map_err(|e| *e),
+                want,
+                "{text:?}"
+            );
+        }
+        for bad in ["Zg===", "Z===", "Zm9vYg=A"] {
+            assert!(decode_blob(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -11,7 +11,7 @@
 //! name is still caught: useradd itself asks NSS and fails, and the daemon then looks the name
 //! up through NSS and adopts it ([`Nss::lookup_everywhere`]).
 
-use crate::plan::{LocalUser, LocalUsers};
+use crate::decide::plan::{LocalUser, LocalUsers};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -218,6 +218,23 @@ pub fn parse_passwd(text: &str) -> HashMap<String, LocalUser> {
             home: PathBuf::from(f[5]),
             shell: f[6].to_string(),
         });
+    }
+    map
+}
+
+/// `name:password:…` lines of `/etc/shadow` → name → password field; malformed lines skipped.
+pub fn parse_shadow_passwords(text: &str) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    for line in text.lines() {
+        let mut f = line.split(':');
+        let (Some(name), Some(password)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if name.is_empty() || name.starts_with('+') || name.starts_with('-') {
+            continue;
+        }
+        map.entry(name.to_string())
+            .or_insert_with(|| password.to_string());
     }
     map
 }

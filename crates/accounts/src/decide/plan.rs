@@ -1,18 +1,20 @@
-//! The diff between what metadata wants ([`Desired`]), what we remember
-//! ([`State`]) and what the system has ([`LocalUsers`]): an ordered list of
-//! actions for the applier.
+//! The decision: the diff between what metadata wants ([`Desired`]), what we remember
+//! ([`State`]) and what the system has ([`LocalUsers`]), as an ordered list of
+//! [`Action`]s for the service to run.
 //!
 //! Incremental by construction: a user whose installed lines equal the desired
 //! ones and who is already in the sudoers group gets no action at all, so a
-//! restart or an unrelated metadata change touches nobody.
+//! restart or an unrelated metadata change touches nobody. With OS Login on, the
+//! plan takes back what metadata keys granted and nothing else.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use crate::authorized_keys::{ExpiryOption, key_line};
-use crate::desired::Desired;
+use crate::action::Action;
+use crate::decide::authorized_keys::{ExpiryOption, key_line};
+use crate::decide::desired::Desired;
 use crate::names::{DEFAULT_UID_MIN, is_reserved, validate_username};
-use crate::state::{Origin, State};
+use crate::record::{Origin, State};
 
 /// An account as the passwd database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,54 +65,6 @@ impl Default for PlanConfig {
     }
 }
 
-/// One step for the applier. After each success the applier calls
-/// [`State::record`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// `useradd` (the user is desired and does not exist).
-    CreateUser {
-        user: String,
-    },
-    /// Start managing an account that already existed; it will never be deleted.
-    Adopt {
-        user: String,
-    },
-    AddToSudoers {
-        user: String,
-    },
-    /// Make the managed lines of the user's authorized_keys exactly `lines`
-    /// (without markers), keeping the user's own lines. Empty = remove ours.
-    WriteKeys {
-        user: String,
-        lines: Vec<String>,
-    },
-    RemoveFromSudoers {
-        user: String,
-    },
-    /// `userdel -r`: only for users we created, with `deprovision_remove`.
-    DeleteUser {
-        user: String,
-    },
-    /// Drop the user from the state file.
-    Forget {
-        user: String,
-    },
-}
-
-impl Action {
-    pub fn user(&self) -> &str {
-        match self {
-            Action::CreateUser { user }
-            | Action::Adopt { user }
-            | Action::AddToSudoers { user }
-            | Action::WriteKeys { user, .. }
-            | Action::RemoveFromSudoers { user }
-            | Action::DeleteUser { user }
-            | Action::Forget { user } => user,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     /// In user order; within a user, in the order they must run.
@@ -140,8 +94,7 @@ fn reserved_reason(user: &LocalUser, cfg: &PlanConfig) -> String {
 pub fn plan(desired: &Desired, state: &State, local: &dyn LocalUsers, cfg: &PlanConfig) -> Plan {
     let mut out = Plan::default();
     if desired.oslogin {
-        // OS Login owns access: stand down, remove nothing.
-        return out;
+        return plan_oslogin(state, local);
     }
     let names: BTreeSet<&String> = desired.users.keys().chain(state.users.keys()).collect();
     for name in names {
@@ -231,6 +184,33 @@ pub fn plan(desired: &Desired, state: &State, local: &dyn LocalUsers, cfg: &Plan
             }
             (None, None) => unreachable!("name comes from desired or state"),
         }
+    }
+    out
+}
+
+/// OS Login owns access: whatever metadata keys granted goes — the lines we installed (the
+/// user's own lines stay, as always) and the sudoers membership — while every account and its
+/// record stay (nobody is deleted; a created user is still ours when OS Login is turned off and
+/// the metadata keys come back). A user taken over from Google's agents has no recorded lines
+/// but is in the sudoers group, so its file is cleaned too; once both are gone, nothing more.
+fn plan_oslogin(state: &State, local: &dyn LocalUsers) -> Plan {
+    let mut out = Plan::default();
+    for (name, remembered) in &state.users {
+        let user = name.clone();
+        if let Err(e) = validate_username(name) {
+            out.refused.push((user.clone(), e.to_string()));
+            out.actions.push(Action::Forget { user });
+            continue;
+        }
+        let granted = !remembered.keys.is_empty() || remembered.in_sudoers;
+        if !granted || local.lookup(name).is_none() {
+            continue;
+        }
+        out.actions.push(Action::WriteKeys {
+            user: user.clone(),
+            lines: Vec::new(),
+        });
+        out.actions.push(Action::RemoveFromSudoers { user });
     }
     out
 }

@@ -2,7 +2,7 @@
 //!
 //! Pure: a function of the instance and project attributes and the clock. It
 //! decides which sources count (`block-project-ssh-keys`, legacy `sshKeys`),
-//! whether the daemon stands down for OS Login, drops expired keys and reports
+//! whether OS Login replaces metadata keys, drops expired keys and reports
 //! when the next kept key expires so the daemon can arm a timer instead of
 //! waiting for the next metadata change.
 
@@ -11,7 +11,8 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::keys::{KeyEntry, LineError, ParseMemo, parse_ssh_keys_memo};
+use crate::decide::keys::{KeyEntry, LineError, ParseMemo, parse_ssh_keys_memo};
+use crate::decide::oslogin;
 
 /// Where a key line came from, in precedence order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,7 +68,8 @@ impl fmt::Display for Rejected {
 /// What metadata says the machine should look like.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
-    /// OS Login is enabled: manage nothing, remove nothing.
+    /// OS Login is enabled ([`oslogin::settings`]): no metadata key may grant access, so there
+    /// are no users here and the plan removes what metadata keys had granted.
     pub oslogin: bool,
     /// Users and their valid, unexpired keys, deduplicated, in source order.
     pub users: BTreeMap<String, Vec<KeyEntry>>,
@@ -106,12 +108,7 @@ pub fn desired_keys_memo(
     now: DateTime<Utc>,
     memo: &mut ParseMemo,
 ) -> Desired {
-    // A blank instance value does not override: it is how consoles "unset" things.
-    let oslogin = non_blank(instance.get("enable-oslogin"))
-        .or_else(|| project.get("enable-oslogin"))
-        .map(|v| is_true(Some(v)))
-        .unwrap_or(false);
-    if oslogin {
+    if oslogin::settings(instance, project).enabled {
         return Desired {
             oslogin: true,
             ..Desired::default()

@@ -1,5 +1,6 @@
-//! What the daemon remembers between runs: which users it manages, whether it
-//! created or adopted each, and which key lines it installed.
+//! The record: what the daemon remembers between runs — which users it manages, whether it
+//! created or adopted each, and which key lines it installed — in memory ([`State`]) and on disk
+//! ([`load`], [`save`]). Nothing else reads or writes the state file.
 //!
 //! The record is what makes removal safe (only `Created` users may ever be
 //! `userdel`'d — the legacy Go agent deleted adopted users, #202) and what makes
@@ -8,12 +9,15 @@
 //! ones take the safe default.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use gce_agent::fs::{self as afs, WriteOpts};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tracing::{debug, error};
 
+use crate::action::Action;
 use crate::names::validate_username;
-use crate::plan::Action;
 
 /// The format version this code writes.
 pub const STATE_VERSION: u32 = 1;
@@ -88,10 +92,11 @@ impl State {
         v
     }
 
-    /// Migrates from Google's `/var/lib/google/google_users` (one user per line).
-    /// We cannot know whether Google's agent created those users, so they are
-    /// `Adopted`: never deleted. Google's agents put them in google-sudoers.
-    /// Their installed keys are unknown (empty), so the first plan rewrites them.
+    /// Reads Google's `/var/lib/google/google_users` (one user per line): every valid name,
+    /// `Adopted` (never deleted) — the file alone does not say who created whom;
+    /// [`crate::decide::takeover`] upgrades the users Google's agents demonstrably created.
+    /// Google's agents put them in google-sudoers. Their installed keys are unknown (empty), so
+    /// the first plan rewrites them.
     pub fn from_google_users_file(text: &str) -> State {
         let mut state = State::default();
         for line in text.lines() {
@@ -153,5 +158,91 @@ impl State {
         });
         u.failures = u.failures.saturating_add(1);
         u.failures
+    }
+}
+
+/// What [`load`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    State(State),
+    /// No state file: a first start, or a takeover from Google's agents.
+    Missing,
+    /// A state file that cannot be used (moved aside when it is not valid JSON). What we knew is
+    /// lost, so nobody may be taken for created: the caller adopts the users of `google_users`.
+    Unusable,
+}
+
+/// Reads the state file.
+pub fn load(state_path: &Path) -> Loaded {
+    match afs::read_nofollow(state_path, 64 << 20) {
+        Ok(Some(bytes)) => match State::parse(&bytes) {
+            Ok(s) => Loaded::State(s),
+            Err(e) => {
+                let aside = state_path.with_extension("corrupt");
+                let _ = std::fs::rename(state_path, &aside);
+                error!(
+                    "state file {} is unreadable ({e}); moved to {}; users from google_users are treated as adopted",
+                    state_path.display(),
+                    aside.display()
+                );
+                Loaded::Unusable
+            }
+        },
+        Ok(None) => Loaded::Missing,
+        Err(e) => {
+            error!(
+                "state file {}: {e}; users from google_users are treated as adopted",
+                state_path.display()
+            );
+            Loaded::Unusable
+        }
+    }
+}
+
+/// The text of Google's `google_users` list, if there is one.
+pub fn read_google_users(path: &Path) -> Option<String> {
+    match afs::read_nofollow(path, 16 << 20) {
+        Ok(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        Ok(None) => None,
+        Err(e) => {
+            error!("{}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Writes the state file: atomic and fsync'd, so a write-ahead record of a creation survives a
+/// crash.
+pub fn save(state: &State, state_path: &Path) {
+    if let Some(dir) = state_path.parent()
+        && !dir.is_dir()
+    {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let opts = WriteOpts::new(0o600).owner(0, 0);
+    if let Err(e) = afs::write_atomic(state_path, &state.to_bytes(), &opts) {
+        error!("saving {}: {e}", state_path.display());
+    }
+}
+
+/// Google's list of managed users (one name per line), as Google's agents write it.
+pub fn google_users_text(state: &State) -> String {
+    let mut names = String::new();
+    for u in state.users.keys() {
+        names.push_str(u);
+        names.push('\n');
+    }
+    names
+}
+
+/// Writes Google's list of managed users, kept in step so either agent can take over. Not part
+/// of the write-ahead record: nothing of ours depends on it.
+pub fn save_google_users(text: &str, path: &Path) -> bool {
+    match afs::write_atomic(path, text.as_bytes(), &WriteOpts::new(0o600).owner(0, 0)) {
+        Ok(()) => true,
+        Err(e) => {
+            debug!("saving {}: {e}", path.display());
+            false
+        }
     }
 }

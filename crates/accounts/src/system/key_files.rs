@@ -6,8 +6,8 @@
 //! an `authorized_keys` owned by someone else is refused, never "fixed". Writes go through the
 //! one atomic, fsync'd writer of gce-agent (temp file + rename in the same directory).
 
-use crate::authorized_keys::render;
-use crate::plan::LocalUser;
+use crate::decide::authorized_keys::render;
+use crate::decide::plan::LocalUser;
 use gce_agent::fs::{self as afs, FileKind, FsError, WriteOpts};
 use std::os::fd::AsFd;
 

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, FixedOffset, Utc};
 
-use crate::keys::KeyEntry;
+use crate::decide::keys::KeyEntry;
 
 /// The line that marks the next line as managed by us (and by Google's agents).
 pub const MARKER: &str = "# Added by Google";

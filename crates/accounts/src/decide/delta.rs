@@ -5,7 +5,7 @@
 //! [`desired_keys`] gives — a flag changed, a key expired since, a changed line names no user —
 //! [`update`] declines and the caller recomputes in full.
 
-use crate::desired::{Desired, desired_keys};
+use crate::decide::desired::{Desired, desired_keys};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
 
