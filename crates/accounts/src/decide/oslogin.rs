@@ -3,58 +3,23 @@
 //! `enable-oslogin-sk` and `enable-oslogin-certificates`.
 //!
 //! Each value is read the way Google's agent reads it, with Go's `strconv.ParseBool`: `1 t T
-//! TRUE true True` and `0 f F FALSE false False`, nothing else, no trimming. An instance value
+//! TRUE true True` and `0 f F FALSE false False` (surrounding blanks ignored), nothing else. An instance value
 //! that parses overrides the project's; one that does not (blank, `yes`, a typo) is as if unset,
 //! so the project value decides. The companions count only while OS Login itself is on.
 
 use std::collections::BTreeMap;
 
-/// What OS Login asks of this instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct OsLoginSettings {
-    /// `enable-oslogin`: identities and keys come from OS Login; metadata keys grant nothing.
-    pub enabled: bool,
-    /// `enable-oslogin-2fa`: a second factor after the key.
-    pub two_factor: bool,
-    /// `enable-oslogin-sk`: security keys.
-    pub security_key: bool,
-    /// `enable-oslogin-certificates`: OS Login certificates (trusted user CA).
-    pub certificates: bool,
-}
+/// What OS Login asks of this instance: the same type, and the same parser, as the host switch in
+/// `gce_oslogin` uses, so the key removal here and the sshd/NSS/PAM configuration there can never
+/// disagree about a value.
+pub use gce_oslogin::Settings as OsLoginSettings;
 
-/// Go's `strconv.ParseBool`.
-pub fn parse_bool(value: &str) -> Option<bool> {
-    match value {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
-
-/// The instance's value of `key` when it parses, else the project's, else false.
-fn flag(
-    instance: &BTreeMap<String, String>,
-    project: &BTreeMap<String, String>,
-    key: &str,
-) -> bool {
-    let parsed = |attrs: &BTreeMap<String, String>| attrs.get(key).and_then(|v| parse_bool(v));
-    parsed(instance)
-        .or_else(|| parsed(project))
-        .unwrap_or(false)
-}
-
-/// The OS Login settings of a snapshot.
+/// The OS Login settings of a snapshot (companions only while OS Login itself is on).
 pub fn settings(
     instance: &BTreeMap<String, String>,
     project: &BTreeMap<String, String>,
 ) -> OsLoginSettings {
-    let enabled = flag(instance, project, "enable-oslogin");
-    OsLoginSettings {
-        enabled,
-        two_factor: enabled && flag(instance, project, "enable-oslogin-2fa"),
-        security_key: enabled && flag(instance, project, "enable-oslogin-sk"),
-        certificates: enabled && flag(instance, project, "enable-oslogin-certificates"),
-    }
+    OsLoginSettings::from_attributes(instance, project).effective()
 }
 
 #[cfg(test)]
@@ -66,19 +31,6 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
-    }
-
-    #[test]
-    fn go_parse_bool_spelling() {
-        for v in ["1", "t", "T", "TRUE", "true", "True"] {
-            assert_eq!(parse_bool(v), Some(true), "{v}");
-        }
-        for v in ["0", "f", "F", "FALSE", "false", "False"] {
-            assert_eq!(parse_bool(v), Some(false), "{v}");
-        }
-        for v in ["", "yes", "no", "on", "TrUe", " true", "true\n", "2"] {
-            assert_eq!(parse_bool(v), None, "{v:?}");
-        }
     }
 
     #[test]
