@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     pub requests: AtomicU64,
     pub waiters: AtomicU64,
     pub operations: AtomicU64,
+    /// The bearer token the Compute API requires (`None`: any or none, the default).
+    pub compute_token: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -151,6 +153,7 @@ impl Emulator {
                 requests: AtomicU64::new(0),
                 waiters: AtomicU64::new(0),
                 operations: AtomicU64::new(0),
+                compute_token: Mutex::new(None),
             }),
         }
     }
@@ -312,6 +315,16 @@ impl EmulatorHandle {
         self.shared.update(|d, _| {
             doc::pointer_remove(d, pointer);
         });
+    }
+
+    /// Make the Compute API (`/compute/v1/`) answer 401, as Google's does, unless a request
+    /// carries `Authorization: Bearer <token>`; `None` accepts anything again.
+    pub fn require_compute_token(&self, token: Option<&str>) {
+        *self
+            .shared
+            .compute_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = token.map(str::to_string);
     }
 
     pub fn set_instance_attribute(&self, key: &str, value: &str) {
