@@ -82,7 +82,10 @@ impl IntoResponse for ApiError {
                 status,
                 [
                     ("content-type", "application/json; charset=UTF-8"),
-                    ("www-authenticate", "Bearer realm=\"https://accounts.google.com/\""),
+                    (
+                        "www-authenticate",
+                        "Bearer realm=\"https://accounts.google.com/\"",
+                    ),
                 ],
                 body.to_string(),
             )
@@ -112,12 +115,12 @@ fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(required) = required else {
         return Ok(());
     };
+    // A header that is not `Bearer <the token>` is an invalid credential; none is a missing one.
     let given = headers
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .map(|v| v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")));
     match given {
-        Some(t) if t == required => Ok(()),
+        Some(Some(t)) if t == required => Ok(()),
         None => Err(ApiError::new(
             401,
             "required",
@@ -297,8 +300,11 @@ async fn get_instance(
     }))
 }
 
-async fn get_project(State(shared): State<Arc<Shared>>,
-    headers: HeaderMap, Path(project): Path<String>) -> ApiResult {
+async fn get_project(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> ApiResult {
     authorize(&shared, &headers)?;
     let snap = shared.snapshot();
     let d = &snap.doc;

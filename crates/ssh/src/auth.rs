@@ -101,7 +101,11 @@ impl Sources {
 }
 
 /// Finds a token, trying each source in order.
-pub fn access_token(http: &Http, metadata_http: &Http, s: &Sources) -> Result<AccessToken, AuthError> {
+pub fn access_token(
+    http: &Http,
+    metadata_http: &Http,
+    s: &Sources,
+) -> Result<AccessToken, AuthError> {
     let mut tried = Vec::new();
     let broken = |what: String, reason: String, tried: &Vec<String>| AuthError::Broken {
         what,
@@ -221,8 +225,7 @@ enum MetadataFailure {
 }
 
 fn from_metadata(http: &Http, host: &str) -> Result<String, MetadataFailure> {
-    let url =
-        format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
+    let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
     let resp = http
         .get(&url, &[("Metadata-Flavor", "Google")])
         .map_err(|e| MetadataFailure::Unreachable(e.to_string()))?;
@@ -288,8 +291,18 @@ fn from_file(http: &Http, path: &Path) -> Result<String, String> {
                 return Err("service_account without client_email or private_key".into());
             }
             let now = chrono::Utc::now().timestamp();
-            let jwt = sign_jwt(&f.private_key, &f.private_key_id, &f.client_email, &token_uri, now)?;
-            exchange(http, &token_uri, &[("grant_type", JWT_BEARER), ("assertion", &jwt)])
+            let jwt = sign_jwt(
+                &f.private_key,
+                &f.private_key_id,
+                &f.client_email,
+                &token_uri,
+                now,
+            )?;
+            exchange(
+                http,
+                &token_uri,
+                &[("grant_type", JWT_BEARER), ("assertion", &jwt)],
+            )
         }
         "authorized_user" => {
             if f.refresh_token.is_empty() || f.client_id.is_empty() {
@@ -435,7 +448,9 @@ mod tests {
             dmi_product: Some("Standard PC (Q35 + ICH9, 2009)".into()),
             ..Sources::default()
         };
-        let e = access_token(&https(), &https(), &s).unwrap_err().to_string();
+        let e = access_token(&https(), &https(), &s)
+            .unwrap_err()
+            .to_string();
         let lines: Vec<&str> = e.lines().collect();
         assert_eq!(lines.len(), 6, "{e}");
         assert_eq!(lines[0], "no credentials for the Compute API; tried:");
@@ -478,7 +493,9 @@ mod tests {
                 gcloud: Some("/bin/false".into()),
                 ..Sources::default()
             };
-            let e = access_token(&https(), &https(), &s).unwrap_err().to_string();
+            let e = access_token(&https(), &https(), &s)
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with("GOOGLE_APPLICATION_CREDENTIALS="), "{e}");
             assert!(e.contains(want), "{text}: {e}");
         }

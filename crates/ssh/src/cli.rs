@@ -165,10 +165,18 @@ mod tests {
         let rows: [(&[&str], Option<&str>, Result<(&str, Option<&str>), &str>); 9] = [
             (&["vm0"], Some("me"), Ok(("me", Some("vm0")))),
             (&["alice@vm0"], Some("me"), Ok(("alice", Some("vm0")))),
-            (&["alice@vm0", "--user", "alice"], None, Ok(("alice", Some("vm0")))),
+            (
+                &["alice@vm0", "--user", "alice"],
+                None,
+                Ok(("alice", Some("vm0"))),
+            ),
             (&["alice@vm0", "--user", "bob"], None, Err("differ")),
             (&["--user", "frank"], Some("me"), Ok(("frank", None))),
-            (&["--instance", "vm1", "--user", "u"], None, Ok(("u", Some("vm1")))),
+            (
+                &["--instance", "vm1", "--user", "u"],
+                None,
+                Ok(("u", Some("vm1"))),
+            ),
             (&["vm0", "--instance", "vm1"], Some("me"), Err("differ")),
             (&["vm0"], None, Err("no user name")),
             (&["a:b@vm0"], None, Err("bad user name")),
@@ -188,15 +196,37 @@ mod tests {
     #[test]
     fn every_flag_scripts_use_still_parses() {
         let a = parse(&[
-            "--endpoint", "http://127.0.0.1:8080", "--user", "tester", "--host", "127.0.0.1",
-            "--port", "2222", "--ttl", "40s", "--timings", "--push-only", "--instance", "vm0",
-            "--", "id -un && echo ok",
+            "--endpoint",
+            "http://127.0.0.1:8080",
+            "--user",
+            "tester",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "2222",
+            "--ttl",
+            "40s",
+            "--timings",
+            "--push-only",
+            "--instance",
+            "vm0",
+            "--",
+            "id -un && echo ok",
         ]);
         assert!(a.is_emulator() && a.push_only && a.timings);
         assert_eq!(a.port, 2222);
         assert_eq!(a.ttl, Duration::from_secs(40));
         assert_eq!(a.remote(), ["id -un && echo ok"]);
-        let real = parse(&["alice@vm0", "--zone", "us-central1-a", "--project", "p", "--", "uname", "-a"]);
+        let real = parse(&[
+            "alice@vm0",
+            "--zone",
+            "us-central1-a",
+            "--project",
+            "p",
+            "--",
+            "uname",
+            "-a",
+        ]);
         assert_eq!(real.endpoint, COMPUTE_API);
         assert!(!real.is_emulator());
         assert_eq!(real.remote(), ["uname", "-a"]);

@@ -158,7 +158,8 @@ impl<'h> Compute<'h> {
 
     fn get_json(&self, url: &str) -> Result<Option<serde_json::Value>, ComputeError> {
         let auth = self.auth();
-        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
         let resp = self.http.get(url, &headers)?;
         match resp.status {
             200 => serde_json::from_str(&resp.body)
@@ -196,7 +197,8 @@ impl<'h> Compute<'h> {
         const ATTEMPTS: u32 = 8;
         let url = format!("{}/setMetadata", self.instance_url(i));
         let auth = self.auth();
-        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
         let mut md = current;
         for attempt in 1..=ATTEMPTS {
             if attempt > 1 {
@@ -204,9 +206,12 @@ impl<'h> Compute<'h> {
             }
             edit(&mut md);
             let body = serde_json::json!({"fingerprint": md.fingerprint, "items": md.items});
-            let resp = self
-                .http
-                .post(&url, &headers, "application/json", body.to_string().as_bytes())?;
+            let resp = self.http.post(
+                &url,
+                &headers,
+                "application/json",
+                body.to_string().as_bytes(),
+            )?;
             match resp.status {
                 200 => return Ok(attempt),
                 412 => std::thread::sleep(Duration::from_millis(10 * attempt as u64)),
@@ -308,6 +313,9 @@ mod tests {
             e.to_string(),
             "u answered 403: Required 'compute.instances.setMetadata' permission"
         );
-        assert_eq!(status_error("u", 502, "bad gateway\nx").to_string(), "u answered 502: bad gateway");
+        assert_eq!(
+            status_error("u", 502, "bad gateway\nx").to_string(),
+            "u answered 502: bad gateway"
+        );
     }
 }

@@ -203,7 +203,9 @@ mod tests {
         }
         for (name, text) in configs {
             std::fs::write(
-                d.path().join("configurations").join(format!("config_{name}")),
+                d.path()
+                    .join("configurations")
+                    .join(format!("config_{name}")),
                 text,
             )
             .unwrap();
@@ -253,7 +255,10 @@ mod tests {
         let tried = zone(&env).unwrap_err();
         assert_eq!(tried.len(), 2, "{tried:?}");
         assert!(tried[0].contains("CLOUDSDK_COMPUTE_ZONE: not set"));
-        assert!(tried[1].contains("config_default: no [compute] zone"), "{tried:?}");
+        assert!(
+            tried[1].contains("config_default: no [compute] zone"),
+            "{tried:?}"
+        );
         env.core_project = Some("from-env".into());
         env.compute_zone = Some("projects/p/zones/asia-east1-a".into());
         assert_eq!(project(&env).unwrap().from, "CLOUDSDK_CORE_PROJECT");

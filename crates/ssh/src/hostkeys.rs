@@ -274,10 +274,22 @@ mod tests {
             (vec![], vec![a.clone()], Ok((vec![a.clone()], true))),
             (vec![a.clone()], vec![], Ok((vec![], true))),
             (vec![a.clone()], vec![a.clone()], Ok((vec![], true))),
-            (vec![a.clone()], vec![a.clone(), e.clone()], Ok((vec![e.clone()], true))),
+            (
+                vec![a.clone()],
+                vec![a.clone(), e.clone()],
+                Ok((vec![e.clone()], true)),
+            ),
             (vec![a.clone()], vec![b.clone()], Err(())),
-            (vec![a.clone(), b.clone()], vec![b.clone()], Ok((vec![], true))),
-            (vec![e.clone()], vec![b.clone()], Ok((vec![b.clone()], true))),
+            (
+                vec![a.clone(), b.clone()],
+                vec![b.clone()],
+                Ok((vec![], true)),
+            ),
+            (
+                vec![e.clone()],
+                vec![b.clone()],
+                Ok((vec![b.clone()], true)),
+            ),
         ];
         for (pinned, published, want) in rows {
             let got = plan(&pinned, &published);
@@ -305,7 +317,10 @@ mod tests {
         let out = with_added(&text, "compute.8", &[key("ecdsa-sha2-nistp256", ECDSA)]);
         assert!(out.starts_with(&text));
         assert!(out.ends_with(&format!("\ncompute.8 ecdsa-sha2-nistp256 {ECDSA}\n")));
-        assert_eq!(pinned(&out, "compute.8"), [key("ecdsa-sha2-nistp256", ECDSA)]);
+        assert_eq!(
+            pinned(&out, "compute.8"),
+            [key("ecdsa-sha2-nistp256", ECDSA)]
+        );
     }
 
     #[test]
@@ -316,7 +331,10 @@ mod tests {
         assert_eq!(read(&f).unwrap(), "");
         write(&f, "compute.1 ssh-ed25519 AAAA\n").unwrap();
         assert_eq!(read(&f).unwrap(), "compute.1 ssh-ed25519 AAAA\n");
-        let dir_mode = std::fs::metadata(f.parent().unwrap()).unwrap().permissions().mode();
+        let dir_mode = std::fs::metadata(f.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         // Through a symlink: the target is updated, the link stays.
         let real = home.path().join("dotfiles-known-hosts");
@@ -324,7 +342,12 @@ mod tests {
         let link = home.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         write(&link, "x\n").unwrap();
-        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(std::fs::read_to_string(&real).unwrap(), "x\n");
     }
 }

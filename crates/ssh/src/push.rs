@@ -62,15 +62,15 @@ pub struct MetadataPusher<'a> {
 impl KeyPusher for MetadataPusher<'_> {
     fn push(&self, req: &PushRequest) -> Result<Pushed, ComputeError> {
         let line = keyline::expiring_line(&req.user, &req.public_key, req.expire_on);
-        let attempts =
-            self.compute
-                .update_metadata(self.instance, self.current.clone(), |md| {
-                    let current = md.get("ssh-keys").unwrap_or_default().to_string();
-                    md.set(
-                        "ssh-keys",
-                        keyline::add_key(&current, &req.user, &line, chrono::Utc::now()),
-                    );
-                })?;
+        let attempts = self
+            .compute
+            .update_metadata(self.instance, self.current.clone(), |md| {
+                let current = md.get("ssh-keys").unwrap_or_default().to_string();
+                md.set(
+                    "ssh-keys",
+                    keyline::add_key(&current, &req.user, &line, chrono::Utc::now()),
+                );
+            })?;
         Ok(Pushed {
             login_user: req.user.clone(),
             detail: format!("instance metadata ssh-keys, setMetadata attempts: {attempts}"),
@@ -96,9 +96,9 @@ impl KeyPusher for MetadataPusher<'_> {
                 Ok(None) if !seen_namespace => return Usable::Unknown,
                 Ok(None) => {}
                 // Guest attributes switched off answers a client error, not a marker.
-                Err(ComputeError::Status { status, message, .. })
-                    if !seen_namespace && (400..500).contains(&status) =>
-                {
+                Err(ComputeError::Status {
+                    status, message, ..
+                }) if !seen_namespace && (400..500).contains(&status) => {
                     eprintln!("gce-ssh: no ready markers to read ({status}: {message})");
                     return Usable::Unknown;
                 }

@@ -106,9 +106,14 @@ fn emulator_value(http: &Http, endpoint: &str, path: &str) -> anyhow::Result<Str
     );
     let resp = http
         .get(&url, &[("Metadata-Flavor", "Google")])
-        .with_context(|| format!("--project/--zone/INSTANCE not given and {path} could not be read"))?;
+        .with_context(|| {
+            format!("--project/--zone/INSTANCE not given and {path} could not be read")
+        })?;
     if resp.status != 200 {
-        bail!("--project/--zone/INSTANCE not given and {url} answered {}", resp.status);
+        bail!(
+            "--project/--zone/INSTANCE not given and {url} answered {}",
+            resp.status
+        );
     }
     Ok(resp.body.trim().to_string())
 }
@@ -177,9 +182,11 @@ fn ssh_host(args: &Args, info: &InstanceInfo, instance: &Instance) -> anyhow::Re
         return Ok(h.clone());
     }
     if args.internal_ip {
-        return info.internal_ips.first().cloned().with_context(|| {
-            format!("instance {} has no internal IP address", instance.name)
-        });
+        return info
+            .internal_ips
+            .first()
+            .cloned()
+            .with_context(|| format!("instance {} has no internal IP address", instance.name));
     }
     if args.is_emulator() {
         return Ok("127.0.0.1".into());
@@ -207,7 +214,13 @@ fn known_hosts_file(args: &Args, env: &gcloud::Env, key_dir: &Path) -> anyhow::R
 }
 
 /// The ssh options for the key and the pinned host keys.
-fn ssh_options(key: &Path, known_hosts: &Path, alias: &str, strict: bool, port: u16) -> Vec<String> {
+fn ssh_options(
+    key: &Path,
+    known_hosts: &Path,
+    alias: &str,
+    strict: bool,
+    port: u16,
+) -> Vec<String> {
     let mut v = vec!["-i".to_string(), key.display().to_string()];
     for o in [
         "IdentitiesOnly=yes".to_string(),
@@ -418,7 +431,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .args(args.remote())
         .status()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::anyhow!("ssh not found: install openssh-client"),
+            std::io::ErrorKind::NotFound => {
+                anyhow::anyhow!("ssh not found: install openssh-client")
+            }
             _ => anyhow::anyhow!("cannot run ssh: {e}"),
         })?;
     t.step("ssh finished");
@@ -429,7 +444,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Tries `ssh … true` until it logs in or `deadline` (gcloud's key-propagation wait, for guests
 /// that publish no ready markers).
-fn wait_for_login(options: &[String], flags: &[String], destination: &str, deadline: Instant) -> bool {
+fn wait_for_login(
+    options: &[String],
+    flags: &[String],
+    destination: &str,
+    deadline: Instant,
+) -> bool {
     loop {
         let ok = Command::new("ssh")
             .args(options)
@@ -476,13 +496,17 @@ mod tests {
         ] {
             assert!(joined.contains(want), "{joined}");
         }
-        let tofu = ssh_options(Path::new("/k"), Path::new("/h"), "compute.7", false, 2222).join(" ");
+        let tofu =
+            ssh_options(Path::new("/k"), Path::new("/h"), "compute.7", false, 2222).join(" ");
         assert!(tofu.contains("StrictHostKeyChecking=accept-new"), "{tofu}");
     }
 
     #[test]
     fn shell_quoting_is_only_added_where_needed() {
-        assert_eq!(shell_quote("UserKnownHostsFile=/a/b"), "UserKnownHostsFile=/a/b");
+        assert_eq!(
+            shell_quote("UserKnownHostsFile=/a/b"),
+            "UserKnownHostsFile=/a/b"
+        );
         assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }

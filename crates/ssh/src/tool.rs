@@ -101,16 +101,22 @@ mod tests {
 
     #[test]
     fn a_missing_program_names_its_package() {
-        let e = run(&mut Command::new("ssh-keygen-not-here"), Duration::from_secs(1))
-            .unwrap_err()
-            .to_string();
+        let e = run(
+            &mut Command::new("ssh-keygen-not-here"),
+            Duration::from_secs(1),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not found"), "{e}");
         let e = ToolError::Missing {
             program: "gcloud".into(),
             package: package_of("/usr/bin/gcloud"),
         }
         .to_string();
-        assert_eq!(e, "gcloud not found: install the Google Cloud CLI (google-cloud-cli)");
+        assert_eq!(
+            e,
+            "gcloud not found: install the Google Cloud CLI (google-cloud-cli)"
+        );
     }
 
     #[test]
@@ -127,12 +133,11 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("exit status: 3") && e.ends_with(": first"), "{e}");
-        let e = run(
-            Command::new("sleep").arg("5"),
-            Duration::from_millis(50),
-        )
-        .unwrap_err();
+        assert!(
+            e.contains("exit status: 3") && e.ends_with(": first"),
+            "{e}"
+        );
+        let e = run(Command::new("sleep").arg("5"), Duration::from_millis(50)).unwrap_err();
         assert!(matches!(e, ToolError::Timeout { .. }), "{e}");
     }
 }

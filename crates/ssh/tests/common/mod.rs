@@ -106,7 +106,17 @@ impl ServiceAccount {
         let _ = std::fs::remove_file(&key);
         let _ = std::fs::remove_file(key.with_extension("pub"));
         gce_testkit::sh(&[
-            "ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PKCS8", "-N", "", "-f",
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "rsa",
+            "-b",
+            "2048",
+            "-m",
+            "PKCS8",
+            "-N",
+            "",
+            "-f",
             key.to_str().unwrap(),
         ])
         .unwrap();
@@ -239,7 +249,11 @@ fn check_token_request(r: &TokenRules, form: &HashMap<String, String>) -> Result
             if parts.len() != 3 {
                 return Err("assertion is not a JWT".into());
             }
-            let dec = |p: &str| URL_SAFE_NO_PAD.decode(p).map_err(|e| format!("base64url: {e}"));
+            let dec = |p: &str| {
+                URL_SAFE_NO_PAD
+                    .decode(p)
+                    .map_err(|e| format!("base64url: {e}"))
+            };
             let header: serde_json::Value =
                 serde_json::from_slice(&dec(parts[0])?).map_err(|e| e.to_string())?;
             let claims: serde_json::Value =
