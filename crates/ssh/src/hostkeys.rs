@@ -180,23 +180,31 @@ pub fn read(path: &Path) -> std::io::Result<String> {
     }
 }
 
+/// Creates the file's directory (0700, as `~/.ssh` should be) when missing, so ssh can record
+/// a key it trusted on first use.
+pub fn ensure_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+        _ => Ok(()),
+    }
+}
+
 /// Replaces the file atomically (temporary file in the same directory, fsync, rename), creating
 /// its directory (0700, as `~/.ssh` should be) when missing. A symlinked file is updated where
 /// it points, so a user's dotfile links keep working.
 pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let path = match std::fs::canonicalize(path) {
         Ok(real) => real,
         Err(_) => path.to_path_buf(),
     };
+    ensure_dir(&path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
     let mut tmp = tempfile::Builder::new()
         .prefix(".google_compute_known_hosts-")
         .tempfile_in(dir)?;

@@ -376,6 +376,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     } else {
+        hostkeys::ensure_dir(&known_hosts)
+            .with_context(|| format!("creating the directory of {}", known_hosts.display()))?;
         eprintln!(
             "gce-ssh: WARNING: instance {} (id {}) publishes no host keys (guest attribute \
              hostkeys/); trusting the key its sshd presents on first contact and pinning it as \
