@@ -85,7 +85,8 @@ async fn a_required_bearer_token_is_checked_like_google() {
     let (emu, http) = start().await;
     let h = emu.handle();
     // (required, Authorization) -> (status, reason)
-    let rows: [(Option<&str>, Option<&str>, u16, Option<&str>); 5] = [
+    type Row<'a> = (Option<&'a str>, Option<&'a str>, u16, Option<&'a str>);
+    let rows: [Row; 5] = [
         (None, None, 200, None),
         (Some("ya29.good"), None, 401, Some("required")),
         (

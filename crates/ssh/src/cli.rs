@@ -162,7 +162,12 @@ mod tests {
     #[test]
     fn target_flags_and_environment_combine_like_gcloud() {
         // (argv, $USER) -> Ok((user, instance)) or Err(part of the message)
-        let rows: [(&[&str], Option<&str>, Result<(&str, Option<&str>), &str>); 9] = [
+        type Row<'a> = (
+            &'a [&'a str],
+            Option<&'a str>,
+            Result<(&'a str, Option<&'a str>), &'a str>,
+        );
+        let rows: [Row; 9] = [
             (&["vm0"], Some("me"), Ok(("me", Some("vm0")))),
             (&["alice@vm0"], Some("me"), Ok(("alice", Some("vm0")))),
             (

@@ -277,7 +277,8 @@ mod tests {
         let b = key("ssh-ed25519", ED_B);
         let e = key("ecdsa-sha2-nistp256", ECDSA);
         // (pinned, published) -> Ok(add, strict) or Err(changed)
-        let rows: Vec<(Vec<HostKey>, Vec<HostKey>, Result<(Vec<HostKey>, bool), ()>)> = vec![
+        type Row = (Vec<HostKey>, Vec<HostKey>, Result<(Vec<HostKey>, bool), ()>);
+        let rows: Vec<Row> = vec![
             (vec![], vec![], Ok((vec![], false))),
             (vec![], vec![a.clone()], Ok((vec![a.clone()], true))),
             (vec![a.clone()], vec![], Ok((vec![], true))),
