@@ -193,26 +193,36 @@ pub fn ensure_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Replaces the file atomically (temporary file in the same directory, fsync, rename), creating
-/// its directory (0700, as `~/.ssh` should be) when missing. A symlinked file is updated where
-/// it points, so a user's dotfile links keep working.
+/// Replaces the file atomically (a new file beside it, written, fsynced, renamed over it, the
+/// directory fsynced), creating its directory when missing. A symlinked file is updated where it
+/// points, so a user's dotfile links keep working.
 pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let path = match std::fs::canonicalize(path) {
-        Ok(real) => real,
-        Err(_) => path.to_path_buf(),
-    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     ensure_dir(&path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".google_compute_known_hosts-")
-        .tempfile_in(dir)?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&path).map_err(|e| e.error)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("known_hosts");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(".{name}.{}.{nanos}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
