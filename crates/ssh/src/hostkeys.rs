@@ -202,7 +202,10 @@ pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     ensure_dir(&path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("known_hosts");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("known_hosts");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -206,6 +206,7 @@ fn e2e_gce_ssh_pins_published_host_keys_and_refuses_a_swapped_one() {
             || err.contains("Host key verification failed"),
         "{err}"
     );
+    eprintln!("-- an sshd with another key, refused by ssh:\n{err}");
     assert_eq!(read(&g.known_hosts()), pinned, "never replaced");
     assert!(
         !impostor.log().contains("Accepted publickey"),
@@ -236,6 +237,7 @@ fn e2e_gce_ssh_pins_published_host_keys_and_refuses_a_swapped_one() {
         )) && err.contains(&format!("ssh-keygen -R {alias} -f")),
         "{err}"
     );
+    eprintln!("-- a changed published key, refused by gce-ssh:\n{err}");
     assert_eq!(g.ssh_keys(), keys_before_refusal, "nothing pushed");
     assert_eq!(read(&g.known_hosts()), pinned, "never replaced");
 
