@@ -103,7 +103,8 @@ fn e2e_gce_ssh_pushes_logs_in_and_the_key_expires() {
     );
     daemon.kill().unwrap();
     let _ = daemon.wait();
-    let _ = std::fs::remove_file(&key);
+    // The kept key's private directory (key, public key, known hosts).
+    let _ = std::fs::remove_dir_all(std::path::Path::new(&key).parent().unwrap());
 }
 
 /// A guest that publishes no ready markers (guest attributes off, or Google's agent): gce-ssh
