@@ -379,8 +379,13 @@ fn main() {
         s.len()
     );
 
-    // 7. gce-ssh push -> remote command done (ssh handshake included).
+    // 7. gce-ssh push -> remote command done (ssh handshake included), with host-key pinning
+    // on: the sshd's host key is published in `hostkeys/` as Google's agent does, so gce-ssh
+    // reads it, pins it and runs ssh with strict host-key checking.
     let sshd = Sshd::start("");
+    let host_key = std::fs::read_to_string(sshd.dir.join("hostkey.pub")).unwrap();
+    let mut hk = host_key.split_whitespace();
+    h.set_guest_attribute("hostkeys", hk.next().unwrap(), hk.next().unwrap());
     let mut s = Vec::new();
     for i in 0..10 {
         let t = Instant::now();

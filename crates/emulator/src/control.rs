@@ -1,7 +1,9 @@
 //! The Compute API's metadata calls (`/compute/v1/…`), shaped like GCE's: instances.get,
 //! instances.setMetadata, instances.getGuestAttributes, projects.get and
 //! projects.setCommonInstanceMetadata. Fingerprints guard read-modify-write (412 on a stale
-//! one); GCE's size limits are enforced and nothing changes on error. `Authorization` is ignored.
+//! one); GCE's size limits are enforced and nothing changes on error. `Authorization` is ignored
+//! unless a token was required (`EmulatorHandle::require_compute_token`): then a request without
+//! that bearer token gets Google's 401 UNAUTHENTICATED answer.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
@@ -61,18 +63,74 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if self.code == 401 {
+            // Google's shape for a missing or bad token: the header location and a status name.
+            let item = if self.reason == "required" {
+                "Login Required."
+            } else {
+                "Invalid Credentials"
+            };
+            let body = json!({"error": {
+                "code": 401,
+                "message": self.message,
+                "errors": [{"message": item, "domain": "global", "reason": self.reason,
+                            "location": "Authorization", "locationType": "header"}],
+                "status": "UNAUTHENTICATED",
+            }});
+            return (
+                status,
+                [
+                    ("content-type", "application/json; charset=UTF-8"),
+                    (
+                        "www-authenticate",
+                        "Bearer realm=\"https://accounts.google.com/\"",
+                    ),
+                ],
+                body.to_string(),
+            )
+                .into_response();
+        }
         let body = json!({"error": {
             "code": self.code,
             "message": self.message,
             "errors": [{"message": self.message, "domain": "global", "reason": self.reason}],
         }});
-        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (
             status,
             [("content-type", "application/json; charset=UTF-8")],
             body.to_string(),
         )
             .into_response()
+    }
+}
+
+/// Checks the bearer token when one is required (401 as Google answers otherwise).
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let required = shared
+        .compute_token
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let Some(required) = required else {
+        return Ok(());
+    };
+    // A header that is not `Bearer <the token>` is an invalid credential; none is a missing one.
+    let given = headers
+        .get("authorization")
+        .map(|v| v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")));
+    match given {
+        Some(Some(t)) if t == required => Ok(()),
+        None => Err(ApiError::new(
+            401,
+            "required",
+            "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+        )),
+        Some(_) => Err(ApiError::new(
+            401,
+            "authError",
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+        )),
     }
 }
 
@@ -177,8 +235,10 @@ fn project_name(doc: &Value) -> String {
 
 async fn get_instance(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Path((project, zone, instance)): Path<(String, String, String)>,
 ) -> ApiResult {
+    authorize(&shared, &headers)?;
     let snap = shared.snapshot();
     let d = &snap.doc;
     check_instance(d, &project, &zone, &instance)?;
@@ -190,11 +250,30 @@ async fn get_instance(
             nics.iter()
                 .enumerate()
                 .map(|(i, nic)| {
+                    // The guest sees `accessConfigs[].externalIp`; the API calls it `natIP`.
+                    let access: Vec<Value> = nic
+                        .get("accessConfigs")
+                        .and_then(Value::as_array)
+                        .map(|acs| {
+                            acs.iter()
+                                .map(|ac| {
+                                    json!({
+                                        "kind": "compute#accessConfig",
+                                        "type": ac.get("type").cloned().unwrap_or(json!("ONE_TO_ONE_NAT")),
+                                        "name": "External NAT",
+                                        "natIP": ac.get("externalIp").cloned().unwrap_or(Value::Null),
+                                        "networkTier": "PREMIUM",
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     json!({
                         "kind": "compute#networkInterface",
                         "name": format!("nic{i}"),
                         "network": format!("{API}/projects/{p}/global/networks/default"),
                         "networkIP": nic.get("ip").cloned().unwrap_or(Value::Null),
+                        "accessConfigs": access,
                     })
                 })
                 .collect()
@@ -221,7 +300,12 @@ async fn get_instance(
     }))
 }
 
-async fn get_project(State(shared): State<Arc<Shared>>, Path(project): Path<String>) -> ApiResult {
+async fn get_project(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> ApiResult {
+    authorize(&shared, &headers)?;
     let snap = shared.snapshot();
     let d = &snap.doc;
     check_project(d, &project)?;
@@ -362,9 +446,11 @@ fn operation(shared: &Shared, kind: &str, target: String, zone: Option<&str>) ->
 
 async fn set_instance_metadata(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Path((project, zone, instance)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
+    authorize(&shared, &headers)?;
     check_instance(&shared.snapshot().doc, &project, &zone, &instance)?;
     let (fp, attrs) = parse_metadata(&body)?;
     replace_attributes(&shared, "instance", fp, attrs)?;
@@ -375,9 +461,11 @@ async fn set_instance_metadata(
 
 async fn set_project_metadata(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Path(project): Path<String>,
     body: Bytes,
 ) -> ApiResult {
+    authorize(&shared, &headers)?;
     check_project(&shared.snapshot().doc, &project)?;
     let (fp, attrs) = parse_metadata(&body)?;
     replace_attributes(&shared, "project", fp, attrs)?;
@@ -391,9 +479,11 @@ async fn set_project_metadata(
 
 async fn get_guest_attributes(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Path((project, zone, instance)): Path<(String, String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    authorize(&shared, &headers)?;
     let snap = shared.snapshot();
     check_instance(&snap.doc, &project, &zone, &instance)?;
     let self_link =
@@ -402,7 +492,7 @@ async fn get_guest_attributes(
         ApiError::new(
             404,
             "notFound",
-            format!("The resource '{what}' of guest attributes was not found"),
+            format!("The resource '{what}' of type 'Guest Attribute' was not found."),
         )
     };
     let single = |path: &str| -> Option<(String, String)> {

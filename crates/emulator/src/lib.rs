@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     /// The OS Login service's accounts: not part of the metadata document (they live with
     /// Google, not with the instance), so changing them wakes no long poll.
     pub oslogin: Mutex<oslogin::Directory>,
+    /// The bearer token the Compute API requires (`None`: any or none, the default).
+    pub compute_token: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -161,6 +163,7 @@ impl Emulator {
                 waiters: AtomicU64::new(0),
                 operations: AtomicU64::new(0),
                 oslogin: Mutex::new(oslogin::Directory::default()),
+                compute_token: Mutex::new(None),
             }),
         }
     }
@@ -323,6 +326,16 @@ impl EmulatorHandle {
         self.shared.update(|d, _| {
             doc::pointer_remove(d, pointer);
         });
+    }
+
+    /// Make the Compute API (`/compute/v1/`) answer 401, as Google's does, unless a request
+    /// carries `Authorization: Bearer <token>`; `None` accepts anything again.
+    pub fn require_compute_token(&self, token: Option<&str>) {
+        *self
+            .shared
+            .compute_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = token.map(str::to_string);
     }
 
     pub fn set_instance_attribute(&self, key: &str, value: &str) {

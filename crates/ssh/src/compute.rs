@@ -1,30 +1,26 @@
-//! A small client for the Compute API paths `gce-ssh` needs: read an instance's metadata, replace
-//! it with `setMetadata` guarded by the fingerprint (retrying on 412 conditionNotMet), and read
-//! guest attributes. The same paths serve the emulator and the real API.
+//! A small client for the Compute API paths `gce-ssh` needs: `instances.get` (id, addresses,
+//! metadata), `instances.setMetadata` guarded by the fingerprint (retrying on 412
+//! conditionNotMet), and `instances.getGuestAttributes`. The same paths serve the emulator
+//! (`http://…`, no token needed) and the real API (`https://compute.googleapis.com`, bearer
+//! token).
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+use crate::http::{Http, HttpError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError {
-    #[error("request to {url} failed: {source}")]
-    Transport {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("{url} answered {status}: {body}")]
+    #[error(transparent)]
+    Transport(#[from] HttpError),
+    #[error("{url} answered {status}: {message}")]
     Status {
         url: String,
         status: u16,
-        body: String,
+        message: String,
     },
-    #[error("unexpected answer from {url}: {source}")]
-    Decode {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("unexpected answer from {url}: {reason}")]
+    Decode { url: String, reason: String },
     #[error(
         "setMetadata kept failing with 412 conditionNotMet after {0} attempts (someone else is editing metadata)"
     )]
@@ -65,38 +61,88 @@ impl Metadata {
     }
 }
 
-#[derive(Debug, Clone)]
+/// Which instance: project, zone and name (or numeric id).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub project: String,
     pub zone: String,
     pub name: String,
 }
 
-pub struct Compute {
-    http: reqwest::Client,
+/// What `instances.get` tells about an instance.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub metadata: Metadata,
+    /// `networkInterfaces[].accessConfigs[].natIP`, in order.
+    pub external_ips: Vec<String>,
+    /// `networkInterfaces[].networkIP`, in order.
+    pub internal_ips: Vec<String>,
+}
+
+impl InstanceInfo {
+    pub fn from_json(v: &serde_json::Value) -> Result<InstanceInfo, String> {
+        let id = match v.get("id") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return Err("the instance has no id".into()),
+        };
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+        let metadata = match v.get("metadata") {
+            Some(md) => serde_json::from_value(md.clone()).map_err(|e| e.to_string())?,
+            None => Metadata::default(),
+        };
+        let nics = v
+            .get("networkInterfaces")
+            .and_then(|n| n.as_array())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let external_ips = nics
+            .iter()
+            .flat_map(|nic| {
+                nic.get("accessConfigs")
+                    .and_then(|a| a.as_array())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+            })
+            .filter_map(|ac| ac.get("natIP").and_then(|x| x.as_str()))
+            .filter(|ip| !ip.is_empty())
+            .map(str::to_string)
+            .collect();
+        let internal_ips = nics
+            .iter()
+            .filter_map(|nic| nic.get("networkIP").and_then(|x| x.as_str()))
+            .filter(|ip| !ip.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok(InstanceInfo {
+            id,
+            name: s("name"),
+            status: s("status"),
+            metadata,
+            external_ips,
+            internal_ips,
+        })
+    }
+}
+
+pub struct Compute<'h> {
+    http: &'h Http,
     endpoint: String,
     token: Option<String>,
 }
 
-impl Compute {
-    /// `endpoint` is the API root (`http://127.0.0.1:8080` for the emulator); `token`, when
-    /// given, is sent as a bearer token.
-    pub fn new(endpoint: &str, token: Option<String>) -> Result<Compute, ComputeError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|source| ComputeError::Transport {
-                url: endpoint.to_string(),
-                source,
-            })?;
-        Ok(Compute {
+impl<'h> Compute<'h> {
+    /// `endpoint` is the API root (`http://127.0.0.1:8080` for the emulator,
+    /// `https://compute.googleapis.com` for GCE); `token`, when given, is sent as a bearer token.
+    pub fn new(http: &'h Http, endpoint: &str, token: Option<String>) -> Compute<'h> {
+        Compute {
             http,
             endpoint: endpoint.trim_end_matches('/').to_string(),
             token,
-        })
+        }
     }
 
     fn instance_url(&self, i: &Instance) -> String {
@@ -106,131 +152,170 @@ impl Compute {
         )
     }
 
-    async fn call(
-        &self,
-        req: reqwest::RequestBuilder,
-        url: &str,
-    ) -> Result<(u16, String), ComputeError> {
-        let req = match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        };
-        let resp = req.send().await.map_err(|source| ComputeError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .text()
-            .await
-            .map_err(|source| ComputeError::Transport {
-                url: url.to_string(),
-                source,
-            })?;
-        Ok((status, body))
+    fn auth(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("Bearer {t}"))
     }
 
-    async fn get_json(&self, url: &str) -> Result<Option<serde_json::Value>, ComputeError> {
-        let (status, body) = self.call(self.http.get(url), url).await?;
-        match status {
-            200 => serde_json::from_str(&body)
+    fn get_json(&self, url: &str) -> Result<Option<serde_json::Value>, ComputeError> {
+        let auth = self.auth();
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let resp = self.http.get(url, &headers)?;
+        match resp.status {
+            200 => serde_json::from_str(&resp.body)
                 .map(Some)
-                .map_err(|source| ComputeError::Decode {
+                .map_err(|e| ComputeError::Decode {
                     url: url.to_string(),
-                    source,
+                    reason: e.to_string(),
                 }),
             404 => Ok(None),
-            _ => Err(ComputeError::Status {
-                url: url.to_string(),
-                status,
-                body,
-            }),
+            status => Err(status_error(url, status, &resp.body)),
         }
     }
 
-    pub async fn get_metadata(&self, i: &Instance) -> Result<Metadata, ComputeError> {
+    pub fn get_instance(&self, i: &Instance) -> Result<InstanceInfo, ComputeError> {
         let url = self.instance_url(i);
-        let v = self
-            .get_json(&url)
-            .await?
-            .ok_or_else(|| ComputeError::Status {
-                url: url.clone(),
-                status: 404,
-                body: "instance not found".into(),
-            })?;
-        let md = v.get("metadata").cloned().unwrap_or_default();
-        serde_json::from_value(md).map_err(|source| ComputeError::Decode { url, source })
+        let v = self.get_json(&url)?.ok_or_else(|| ComputeError::Status {
+            url: url.clone(),
+            status: 404,
+            message: format!(
+                "instance {} not found in project {} zone {}",
+                i.name, i.project, i.zone
+            ),
+        })?;
+        InstanceInfo::from_json(&v).map_err(|reason| ComputeError::Decode { url, reason })
     }
 
-    /// Read-modify-write of the instance metadata: `edit` is applied to a fresh copy on each
-    /// attempt, and the write carries the fingerprint it was based on.
-    pub async fn update_metadata(
+    /// Read-modify-write of the instance metadata: `edit` is applied to `current` first, then
+    /// to a fresh copy after each 412, and every write carries the fingerprint it was based on.
+    pub fn update_metadata(
         &self,
         i: &Instance,
+        current: Metadata,
         edit: impl Fn(&mut Metadata),
     ) -> Result<u32, ComputeError> {
         const ATTEMPTS: u32 = 8;
         let url = format!("{}/setMetadata", self.instance_url(i));
+        let auth = self.auth();
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let mut md = current;
         for attempt in 1..=ATTEMPTS {
-            let mut md = self.get_metadata(i).await?;
+            if attempt > 1 {
+                md = self.get_instance(i)?.metadata;
+            }
             edit(&mut md);
             let body = serde_json::json!({"fingerprint": md.fingerprint, "items": md.items});
-            let (status, text) = self
-                .call(self.http.post(&url).json_body(&body), &url)
-                .await?;
-            match status {
+            let resp = self.http.post(
+                &url,
+                &headers,
+                "application/json",
+                body.to_string().as_bytes(),
+            )?;
+            match resp.status {
                 200 => return Ok(attempt),
-                412 => tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await,
-                _ => {
-                    return Err(ComputeError::Status {
-                        url,
-                        status,
-                        body: text,
-                    });
-                }
+                412 => std::thread::sleep(Duration::from_millis(10 * attempt as u64)),
+                status => return Err(status_error(&url, status, &resp.body)),
             }
         }
         Err(ComputeError::Contended(ATTEMPTS))
     }
 
-    /// One guest attribute (`NS/KEY`), `None` when absent.
-    pub async fn guest_attribute(
+    /// `getGuestAttributes?queryPath=PATH`: `None` when nothing is published there (404).
+    pub fn guest_attributes(
         &self,
         i: &Instance,
-        path: &str,
-    ) -> Result<Option<String>, ComputeError> {
+        query_path: &str,
+    ) -> Result<Option<serde_json::Value>, ComputeError> {
         let url = format!(
             "{}/getGuestAttributes?queryPath={}",
             self.instance_url(i),
-            path
+            query_path
         );
-        let Some(v) = self.get_json(&url).await? else {
-            return Ok(None);
-        };
-        if let Some(s) = v.get("variableValue").and_then(|x| x.as_str()) {
-            return Ok(Some(s.to_string()));
-        }
-        let items = v
-            .pointer("/queryValue/items")
-            .and_then(|x| x.as_array())
-            .cloned()
-            .unwrap_or_default();
-        Ok(items
-            .first()
-            .and_then(|it| it.get("value"))
-            .and_then(|x| x.as_str())
-            .map(str::to_string))
+        self.get_json(&url)
     }
 }
 
-/// reqwest is built without its `json` feature; this sends a JSON body by hand.
-trait JsonBody {
-    fn json_body(self, v: &serde_json::Value) -> Self;
+/// A Google API error body's message (`{"error":{"message":…}}`), else the body's first line.
+fn status_error(url: &str, status: u16, body: &str) -> ComputeError {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let message = v
+        .pointer("/error/message")
+        .and_then(|m| m.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| body.trim().lines().next().unwrap_or("").to_string());
+    ComputeError::Status {
+        url: url.to_string(),
+        status,
+        message,
+    }
 }
 
-impl JsonBody for reqwest::RequestBuilder {
-    fn json_body(self, v: &serde_json::Value) -> Self {
-        self.header("Content-Type", "application/json")
-            .body(v.to_string())
+/// The values of a `getGuestAttributes` listing: `(key, value)` of `namespace`'s items.
+pub fn items_of<'a>(
+    answer: &'a serde_json::Value,
+    namespace: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    answer
+        .pointer("/queryValue/items")
+        .and_then(|v| v.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(move |it| it.get("namespace").and_then(|n| n.as_str()) == Some(namespace))
+        .map(|it| {
+            let s = |k: &str| it.get(k).and_then(|x| x.as_str()).unwrap_or("");
+            (s("key"), s("value"))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_addresses_and_id_come_from_the_real_api_shape() {
+        // Trimmed from a real instances.get answer.
+        let v = serde_json::json!({
+            "kind": "compute#instance",
+            "id": "4520031799277581759",
+            "name": "vm0",
+            "status": "RUNNING",
+            "networkInterfaces": [
+                {"networkIP": "10.128.0.2", "accessConfigs": [
+                    {"kind": "compute#accessConfig", "type": "ONE_TO_ONE_NAT",
+                     "name": "External NAT", "natIP": "34.66.1.2", "networkTier": "PREMIUM"}]},
+                {"networkIP": "10.1.0.5"}
+            ],
+            "metadata": {"kind": "compute#metadata", "fingerprint": "abc=",
+                         "items": [{"key": "ssh-keys", "value": "a:b"}]}
+        });
+        let i = InstanceInfo::from_json(&v).unwrap();
+        assert_eq!(i.id, "4520031799277581759");
+        assert_eq!(i.external_ips, ["34.66.1.2"]);
+        assert_eq!(i.internal_ips, ["10.128.0.2", "10.1.0.5"]);
+        assert_eq!(i.metadata.get("ssh-keys"), Some("a:b"));
+        assert_eq!(i.metadata.fingerprint, "abc=");
+        let numeric = InstanceInfo::from_json(&serde_json::json!({"id": 17})).unwrap();
+        assert_eq!(numeric.id, "17");
+        assert!(numeric.external_ips.is_empty());
+        assert!(InstanceInfo::from_json(&serde_json::json!({"name": "x"})).is_err());
+    }
+
+    #[test]
+    fn api_errors_show_googles_message() {
+        let e = status_error(
+            "u",
+            403,
+            r#"{"error":{"code":403,"message":"Required 'compute.instances.setMetadata' permission"}}"#,
+        );
+        assert_eq!(
+            e.to_string(),
+            "u answered 403: Required 'compute.instances.setMetadata' permission"
+        );
+        assert_eq!(
+            status_error("u", 502, "bad gateway\nx").to_string(),
+            "u answered 502: bad gateway"
+        );
     }
 }

@@ -103,5 +103,57 @@ fn e2e_gce_ssh_pushes_logs_in_and_the_key_expires() {
     );
     daemon.kill().unwrap();
     let _ = daemon.wait();
-    let _ = std::fs::remove_file(&key);
+    // The kept key's private directory (key, public key, known hosts).
+    let _ = std::fs::remove_dir_all(std::path::Path::new(&key).parent().unwrap());
+}
+
+/// A guest that publishes no ready markers (guest attributes off, or Google's agent): gce-ssh
+/// finds out when the key works by trying ssh, as gcloud does, and still logs in.
+#[test]
+fn e2e_gce_ssh_without_ready_markers_waits_by_trying_ssh() {
+    if !sandbox("e2e_gce_ssh_without_ready_markers_waits_by_trying_ssh") {
+        return;
+    }
+    let rt = gce_testkit::BackgroundRuntime::new();
+    let emu = rt
+        .block_on(Emulator::with_default_doc().start("127.0.0.1:0"))
+        .unwrap();
+    emu.handle()
+        .set_instance_attribute("enable-guest-attributes", "FALSE");
+    let dir = temp_dir("gce-ssh-nomarker");
+    std::fs::write(dir.join("cfg"), "").unwrap();
+    let mut daemon = daemon_command(
+        &bin("gce-accounts-daemon"),
+        &dir.join("cfg"),
+        &dir.join("lock"),
+        &emu.metadata_host(),
+    )
+    .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+    .spawn()
+    .unwrap();
+    let sshd = Sshd::start("");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new(bin("gce-ssh"))
+        .args(["--endpoint", &emu.url(), "--user", "gina", "--timings"])
+        .args(["--port", &sshd.port.to_string(), "--", "id", "-un"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "gina",
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("publishes no ready markers") && stderr.contains("ssh login works"),
+        "{stderr}"
+    );
+    assert_eq!(
+        emu.handle().guest_attribute("gce-agent", "accounts-etag"),
+        None
+    );
+    daemon.kill().unwrap();
+    let _ = daemon.wait();
 }

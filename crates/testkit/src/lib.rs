@@ -172,7 +172,14 @@ impl Sshd {
     /// Starts sshd with public-key authentication only. `extra` lines are appended to its
     /// config (e.g. an `AuthorizedKeysCommand`).
     pub fn start(extra: &str) -> Sshd {
-        let dir = temp_dir("sshd");
+        // One directory per server: a test may run several (e.g. an impostor with another key).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = temp_dir(&if n == 0 {
+            "sshd".to_string()
+        } else {
+            format!("sshd{n}")
+        });
         let port = free_port();
         let hostkey = dir.join("hostkey");
         sh(&[

@@ -1,0 +1,515 @@
+//! One `gce-ssh` run: find credentials and the instance, read its published host keys while an
+//! ephemeral key is generated, refuse a changed host key before touching anything, push the key,
+//! pin the host keys, wait until the guest confirms the key, then run `ssh` with strict host-key
+//! checking (or trust on first use, with a warning, when the guest publishes no host keys).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::auth;
+use crate::cli::Args;
+use crate::compute::{Compute, Instance, InstanceInfo};
+use crate::gcloud;
+use crate::hostkeys::{self, HostKey};
+use crate::http::{Http, Trust};
+use crate::push::{KeyPusher, MetadataPusher, PushRequest, Usable};
+use crate::tool;
+
+/// Prints the time each step took (`--timings`).
+struct Timer {
+    on: bool,
+    start: Instant,
+    last: Instant,
+}
+
+impl Timer {
+    fn step(&mut self, what: &str) {
+        if self.on {
+            let now = Instant::now();
+            eprintln!(
+                "gce-ssh: {what}: {:.1} ms (total {:.1} ms)",
+                (now - self.last).as_secs_f64() * 1e3,
+                (now - self.start).as_secs_f64() * 1e3
+            );
+            self.last = now;
+        }
+    }
+}
+
+/// A private 0700 directory for the ephemeral key, removed on drop unless kept.
+struct KeyDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl KeyDir {
+    fn create() -> anyhow::Result<KeyDir> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let template = base.join("gce-ssh-XXXXXX");
+        let path = nix::unistd::mkdtemp(&template)
+            .with_context(|| format!("cannot create a key directory under {}", base.display()))?;
+        Ok(KeyDir { path, keep: false })
+    }
+}
+
+impl Drop for KeyDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The ephemeral key: private key path, public key line, fingerprint.
+struct Key {
+    path: PathBuf,
+    public: String,
+    fingerprint: String,
+}
+
+fn generate_key(dir: &Path) -> anyhow::Result<Key> {
+    let path = dir.join("id_ed25519");
+    tool::run(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "gce-ssh", "-f"])
+            .arg(&path),
+        Duration::from_secs(30),
+    )?;
+    let public = std::fs::read_to_string(path.with_extension("pub"))
+        .context("reading the new public key")?
+        .trim()
+        .to_string();
+    let mut f = public.split_whitespace();
+    let fingerprint = HostKey {
+        kind: f.next().unwrap_or_default().to_string(),
+        blob: f.next().unwrap_or_default().to_string(),
+    }
+    .fingerprint();
+    Ok(Key {
+        path,
+        public,
+        fingerprint,
+    })
+}
+
+/// Asks the emulator's own metadata API (it emulates one instance) for what was not given.
+fn emulator_value(http: &Http, endpoint: &str, path: &str) -> anyhow::Result<String> {
+    let url = format!(
+        "{}/computeMetadata/v1/{path}",
+        endpoint.trim_end_matches('/')
+    );
+    let resp = http
+        .get(&url, &[("Metadata-Flavor", "Google")])
+        .with_context(|| {
+            format!("--project/--zone/INSTANCE not given and {path} could not be read")
+        })?;
+    if resp.status != 200 {
+        bail!(
+            "--project/--zone/INSTANCE not given and {url} answered {}",
+            resp.status
+        );
+    }
+    Ok(resp.body.trim().to_string())
+}
+
+fn resolve_instance(
+    args: &Args,
+    http: &Http,
+    name: Option<String>,
+    env: &gcloud::Env,
+) -> anyhow::Result<Instance> {
+    if args.is_emulator() {
+        let project = match &args.project {
+            Some(p) => p.clone(),
+            None => emulator_value(http, &args.endpoint, "project/project-id")?,
+        };
+        let zone = match &args.zone {
+            Some(z) => z.clone(),
+            None => gcloud::last_segment(&emulator_value(http, &args.endpoint, "instance/zone")?)
+                .to_string(),
+        };
+        let name = match name {
+            Some(n) => n,
+            None => emulator_value(http, &args.endpoint, "instance/name")?,
+        };
+        return Ok(Instance {
+            project,
+            zone,
+            name,
+        });
+    }
+    let Some(name) = name else {
+        bail!("no instance: give [USER@]INSTANCE (or --instance)");
+    };
+    let project = match &args.project {
+        Some(p) => p.clone(),
+        None => gcloud::project(env)
+            .map(|f| f.value)
+            .map_err(|tried| no_property("project", "--project", &tried))?,
+    };
+    let zone = match &args.zone {
+        Some(z) => gcloud::last_segment(z).to_string(),
+        None => gcloud::zone(env)
+            .map(|f| f.value)
+            .map_err(|tried| no_property("zone", "--zone", &tried))?,
+    };
+    Ok(Instance {
+        project,
+        zone,
+        name,
+    })
+}
+
+fn no_property(what: &str, flag: &str, tried: &[String]) -> anyhow::Error {
+    let mut s = format!("no {what}; tried:\n  {flag}: not given");
+    for t in tried {
+        s.push_str("\n  ");
+        s.push_str(t);
+    }
+    anyhow::anyhow!(s)
+}
+
+/// The address to ssh to: `--host`, else `--internal-ip`'s, else the external IP (the emulator:
+/// this machine).
+fn ssh_host(args: &Args, info: &InstanceInfo, instance: &Instance) -> anyhow::Result<String> {
+    if let Some(h) = &args.host {
+        return Ok(h.clone());
+    }
+    if args.internal_ip {
+        return info
+            .internal_ips
+            .first()
+            .cloned()
+            .with_context(|| format!("instance {} has no internal IP address", instance.name));
+    }
+    if args.is_emulator() {
+        return Ok("127.0.0.1".into());
+    }
+    info.external_ips.first().cloned().with_context(|| {
+        format!(
+            "instance {} in zone {} has no external IP address: use --internal-ip from inside its network, or --host",
+            instance.name, instance.zone
+        )
+    })
+}
+
+/// Where host keys are pinned.
+fn known_hosts_file(args: &Args, env: &gcloud::Env, key_dir: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(f) = &args.known_hosts_file {
+        return Ok(f.clone());
+    }
+    if args.is_emulator() {
+        // Emulator instance ids are fixed test values that every new emulator and sshd reuse:
+        // pinning them for good would make the next run look like an impersonation.
+        return Ok(key_dir.join("known_hosts"));
+    }
+    hostkeys::default_file(env.home.as_deref())
+        .context("HOME is not set: pass --known-hosts-file for pinned host keys")
+}
+
+/// The ssh options for the key and the pinned host keys.
+fn ssh_options(
+    key: &Path,
+    known_hosts: &Path,
+    alias: &str,
+    strict: bool,
+    port: u16,
+) -> Vec<String> {
+    let mut v = vec!["-i".to_string(), key.display().to_string()];
+    for o in [
+        "IdentitiesOnly=yes".to_string(),
+        "BatchMode=yes".to_string(),
+        format!("HostKeyAlias={alias}"),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        format!(
+            "StrictHostKeyChecking={}",
+            if strict { "yes" } else { "accept-new" }
+        ),
+        "CheckHostIP=no".to_string(),
+        "HashKnownHosts=no".to_string(),
+        "LogLevel=ERROR".to_string(),
+    ] {
+        v.push("-o".into());
+        v.push(o);
+    }
+    v.push("-p".into());
+    v.push(port.to_string());
+    v
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut t = Timer {
+        on: args.timings,
+        start: Instant::now(),
+        last: Instant::now(),
+    };
+    let (user, name) = args
+        .user_and_instance(std::env::var("USER").ok())
+        .map_err(anyhow::Error::msg)?;
+    let env = gcloud::Env::from_process();
+    let http = Http::new(
+        Trust {
+            ca_files: args.ca_files.clone(),
+        },
+        Duration::from_secs(30),
+    );
+
+    // Credentials: the real API needs a token; the emulator takes one only when given.
+    let token = if args.is_emulator() {
+        args.token.clone().filter(|t| !t.is_empty())
+    } else {
+        let metadata_http = Http::new(Trust::default(), Duration::from_secs(3));
+        let sources = auth::Sources::from_process(args.token.clone(), &env);
+        let tok = auth::access_token(&http, &metadata_http, &sources)?;
+        t.step(&format!("access token from {}", tok.source));
+        Some(tok.token)
+    };
+    let compute = Compute::new(&http, &args.endpoint, token);
+    let instance = resolve_instance(&args, &http, name, &env)?;
+    let key_dir = KeyDir::create()?;
+
+    // The key is generated while the instance and its host keys are read.
+    let (key, info, published) = std::thread::scope(|s| {
+        let keygen = s.spawn(|| generate_key(&key_dir.path));
+        let info = compute
+            .get_instance(&instance)
+            .context("reading the instance (instances.get)");
+        let published = info.as_ref().ok().map(|_| {
+            compute
+                .guest_attributes(&instance, "hostkeys/")
+                .context("reading the instance's host keys (getGuestAttributes hostkeys/)")
+        });
+        let key = keygen.join().expect("key generation thread");
+        (key, info, published)
+    });
+    let key = key?;
+    let info = info?;
+    let (published, skipped) = match published.expect("read when the instance was") {
+        Ok(Some(answer)) => hostkeys::from_guest_attributes(&answer),
+        Ok(None) => (Vec::new(), Vec::new()),
+        Err(e) => {
+            eprintln!("gce-ssh: warning: {e:#}");
+            (Vec::new(), Vec::new())
+        }
+    };
+    for s in skipped {
+        eprintln!("gce-ssh: warning: ignoring a published host key: {s}");
+    }
+    t.step(&format!(
+        "key generated, instance {} (id {}) read, {} host key(s) published",
+        info.name,
+        info.id,
+        published.len()
+    ));
+
+    // Pinning: decided before anything is pushed, so a refused host key changes nothing.
+    let alias = hostkeys::alias(&info.id);
+    let known_hosts = known_hosts_file(&args, &env, &key_dir.path)?;
+    let known_text = hostkeys::read(&known_hosts)
+        .with_context(|| format!("reading {}", known_hosts.display()))?;
+    let pinned = hostkeys::pinned(&known_text, &alias);
+    let plan = hostkeys::plan(&pinned, &published).map_err(|c| {
+        anyhow::anyhow!(
+            "REFUSED: the host key of instance {} (id {}) has changed.\n  \
+             pinned in {}: {alias} {} {}\n  \
+             published now: {} {}\n  \
+             Someone may be impersonating the instance, or it was given new host keys. If you \
+             know it was, remove the old entry with `ssh-keygen -R {alias} -f {}` and run gce-ssh again.",
+            info.name,
+            info.id,
+            known_hosts.display(),
+            c.pinned.kind,
+            c.pinned.fingerprint(),
+            c.published.kind,
+            c.published.fingerprint(),
+            known_hosts.display(),
+        )
+    })?;
+    let host = ssh_host(&args, &info, &instance)?;
+
+    let request = PushRequest {
+        user: user.clone(),
+        public_key: key.public.clone(),
+        fingerprint: key.fingerprint.clone(),
+        expire_on: chrono::Utc::now() + chrono::Duration::from_std(args.ttl)?,
+    };
+    let pusher = MetadataPusher {
+        compute: &compute,
+        instance: &instance,
+        current: info.metadata.clone(),
+    };
+    let pushed = pusher.push(&request).context("pushing the key")?;
+    if !plan.add.is_empty() {
+        hostkeys::write(
+            &known_hosts,
+            &hostkeys::with_added(&known_text, &alias, &plan.add),
+        )
+        .with_context(|| format!("writing {}", known_hosts.display()))?;
+    }
+    t.step(&format!(
+        "key pushed to {}/{}/{} ({})",
+        instance.project, instance.zone, instance.name, pushed.detail
+    ));
+    if plan.strict {
+        if !plan.add.is_empty() && args.timings {
+            eprintln!(
+                "gce-ssh: pinned {} host key(s) as {alias} in {}",
+                plan.add.len(),
+                known_hosts.display()
+            );
+        }
+    } else {
+        hostkeys::ensure_dir(&known_hosts)
+            .with_context(|| format!("creating the directory of {}", known_hosts.display()))?;
+        eprintln!(
+            "gce-ssh: WARNING: instance {} (id {}) publishes no host keys (guest attribute \
+             hostkeys/); trusting the key its sshd presents on first contact and pinning it as \
+             {alias} in {}",
+            info.name,
+            info.id,
+            known_hosts.display()
+        );
+    }
+
+    let options = ssh_options(&key.path, &known_hosts, &alias, plan.strict, args.port);
+    let destination = format!("{}@{host}", pushed.login_user);
+    let deadline = Instant::now() + args.ready_timeout;
+    match pusher.wait_usable(&request, &pushed, deadline) {
+        Usable::Confirmed => t.step("guest confirmed the key"),
+        Usable::TimedOut => eprintln!(
+            "gce-ssh: the guest did not confirm the key within {:?}; trying ssh anyway",
+            args.ready_timeout
+        ),
+        Usable::Unknown => {
+            eprintln!(
+                "gce-ssh: the guest publishes no ready markers; waiting for the key by trying ssh"
+            );
+            if wait_for_login(&options, &args.ssh_flags, &destination, deadline) {
+                t.step("ssh login works");
+            } else {
+                eprintln!(
+                    "gce-ssh: no login within {:?}; trying once more",
+                    args.ready_timeout
+                );
+            }
+        }
+    }
+
+    if args.push_only {
+        let mut key_dir = key_dir;
+        key_dir.keep = true;
+        let quoted: Vec<String> = options.iter().map(|o| shell_quote(o)).collect();
+        eprintln!(
+            "gce-ssh: key kept; known hosts {}, alias {alias}; log in with:\n  ssh {} {}",
+            known_hosts.display(),
+            quoted.join(" "),
+            shell_quote(&destination)
+        );
+        println!("{}", key.path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let status = Command::new("ssh")
+        .args(&options)
+        .args(&args.ssh_flags)
+        .arg(&destination)
+        .args(args.remote())
+        .status()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                anyhow::anyhow!("ssh not found: install openssh-client")
+            }
+            _ => anyhow::anyhow!("cannot run ssh: {e}"),
+        })?;
+    t.step("ssh finished");
+    Ok(ExitCode::from(
+        status.code().unwrap_or(255).clamp(0, 255) as u8
+    ))
+}
+
+/// Tries `ssh … true` until it logs in or `deadline` (gcloud's key-propagation wait, for guests
+/// that publish no ready markers).
+fn wait_for_login(
+    options: &[String],
+    flags: &[String],
+    destination: &str,
+    deadline: Instant,
+) -> bool {
+    loop {
+        let ok = Command::new("ssh")
+            .args(options)
+            .args(["-o", "ConnectTimeout=5"])
+            .args(flags)
+            .arg(destination)
+            .arg("true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_options_pin_the_alias_and_choose_strictness() {
+        let o = ssh_options(
+            Path::new("/k/id"),
+            Path::new("/h/kh"),
+            "compute.7",
+            true,
+            22,
+        );
+        let joined = o.join(" ");
+        for want in [
+            "-i /k/id",
+            "HostKeyAlias=compute.7",
+            "UserKnownHostsFile=/h/kh",
+            "StrictHostKeyChecking=yes",
+            "IdentitiesOnly=yes",
+            "-p 22",
+        ] {
+            assert!(joined.contains(want), "{joined}");
+        }
+        let tofu =
+            ssh_options(Path::new("/k"), Path::new("/h"), "compute.7", false, 2222).join(" ");
+        assert!(tofu.contains("StrictHostKeyChecking=accept-new"), "{tofu}");
+    }
+
+    #[test]
+    fn shell_quoting_is_only_added_where_needed() {
+        assert_eq!(
+            shell_quote("UserKnownHostsFile=/a/b"),
+            "UserKnownHostsFile=/a/b"
+        );
+        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
