@@ -240,9 +240,11 @@ async fn serve(
     let waiter = WaiterGuard::new(shared);
     let deadline = tokio::time::Instant::now() + q.timeout;
     let mut shutdown = shared.shutdown.subscribe();
-    // A hang injected while this request is parked wedges it too.
+    // A hang injected while this request is parked wedges it too; a status outage answers it.
     let mut hang = shared.hang_epoch.subscribe();
     hang.borrow_and_update();
+    let mut fail = shared.fail_parked.subscribe();
+    fail.borrow_and_update();
     loop {
         tokio::select! {
             changed = rx.changed() => {
@@ -270,6 +272,11 @@ async fn serve(
             }
             _ = shutdown.wait_for(|s| *s) => return cut(conn),
             Ok(()) = hang.changed() => break,
+            Ok(()) = fail.changed() => {
+                let status = fail.borrow().1;
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return reply(status, "text/plain; charset=utf-8", format!("emulated fault: {status}\n"), None);
+            }
         }
     }
     // Wedged: no longer waiting for a change, never answering.

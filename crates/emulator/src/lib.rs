@@ -67,8 +67,8 @@ pub enum Fault {
 /// [`EmulatorHandle::end_outage`]; what a client meets meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outage {
-    /// Every guest request answered with this status (503 in a live migration, 500, 429);
-    /// parked long polls stay parked.
+    /// Every guest request answered with this status (503 in a live migration, 500, 429),
+    /// the parked long polls at once.
     Status(u16),
     /// Not listening: connections refused, open ones closed.
     Refuse,
@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub hang_epoch: watch::Sender<u64>,
     /// Bumped to close every open connection.
     pub cut_epoch: watch::Sender<u64>,
+    /// Bumped (with a status) to answer every parked long poll with that status.
+    pub fail_parked: watch::Sender<(u64, u16)>,
     /// Whether the listeners should be bound (false: connections are refused).
     pub listening: watch::Sender<bool>,
     /// How many listeners are bound right now, and how many there are.
@@ -178,6 +180,7 @@ impl Emulator {
                 shutdown: watch::Sender::new(false),
                 hang_epoch: watch::Sender::new(0),
                 cut_epoch: watch::Sender::new(0),
+                fail_parked: watch::Sender::new((0, 0)),
                 listening: watch::Sender::new(true),
                 bound: watch::Sender::new(0),
                 listeners: AtomicU64::new(0),
@@ -458,10 +461,15 @@ impl EmulatorHandle {
     pub fn begin_outage(&self, kind: Outage) {
         self.clear_faults();
         match kind {
-            Outage::Status(status) => self.inject(Fault::Status {
-                status,
-                count: u32::MAX,
-            }),
+            Outage::Status(status) => {
+                self.inject(Fault::Status {
+                    status,
+                    count: u32::MAX,
+                });
+                self.shared
+                    .fail_parked
+                    .send_modify(|(epoch, s)| (*epoch, *s) = (*epoch + 1, status));
+            }
             Outage::Refuse => self.stop_listening(),
             Outage::Hang => self.inject(Fault::Hang { count: u32::MAX }),
             Outage::Drop => {

@@ -122,12 +122,12 @@ async fn outages_reach_the_parked_long_polls_as_a_dead_server_would() {
     );
     // Refused and dropped: the parked long poll's connection is closed at once.
     // Hang: it is never answered, not even when the content changes after the outage.
-    // Status: it stays parked and answers the change.
+    // Status: it is answered with the status at once.
     let rows = [
         (Outage::Refuse, Met::Closed),
         (Outage::Drop, Met::Closed),
         (Outage::Hang, Met::NoAnswer),
-        (Outage::Status(503), Met::Answer(200)),
+        (Outage::Status(503), Met::Answer(503)),
     ];
     for (i, (kind, fate)) in rows.into_iter().enumerate() {
         let poll = tokio::spawn(met(a, &wait, 1500));

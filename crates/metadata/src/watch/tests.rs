@@ -10,8 +10,11 @@ use tokio::time::sleep;
 /// How the scripted server misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
-    /// Every request answered with this status; parked long polls stay parked.
+    /// Every request answered with this status, parked long polls too.
     Status(u16),
+    /// Every new request answered with this status; parked long polls stay parked (a front end
+    /// that fails new requests only).
+    NewRequestsFail(u16),
     /// Not listening: new connections refused, open ones reset.
     Refused,
     /// Accepts and never answers, also the long polls parked when it started.
@@ -24,10 +27,11 @@ enum Kind {
     Gone,
 }
 
-const OUTAGES: [Kind; 6] = [
+const OUTAGES: [Kind; 7] = [
     Kind::Status(503),
     Kind::Status(500),
     Kind::Status(429),
+    Kind::NewRequestsFail(503),
     Kind::Refused,
     Kind::Hang,
     Kind::Drop,
@@ -78,7 +82,7 @@ impl Fake {
             s.kind = Some(kind);
             match kind {
                 Kind::Hang => s.hang_epoch += 1,
-                Kind::Refused | Kind::Drop => s.cut_epoch += 1,
+                Kind::Refused | Kind::Drop | Kind::Status(_) => s.cut_epoch += 1,
                 _ => {}
             }
         }
@@ -129,7 +133,9 @@ impl Fake {
             (s.kind, s.hang_epoch, s.cut_epoch)
         };
         match kind {
-            Some(Kind::Status(status)) => return Err(Error::Status { url, status }),
+            Some(Kind::Status(status) | Kind::NewRequestsFail(status)) => {
+                return Err(Error::Status { url, status });
+            }
             Some(Kind::Gone) => return Err(Error::Status { url, status: 404 }),
             Some(Kind::LongPollsFail) if wait => return Err(Error::Status { url, status: 503 }),
             Some(Kind::Refused) => {
@@ -162,7 +168,11 @@ impl Fake {
                             std::future::pending::<()>().await;
                         }
                         if cut {
-                            return Err(Error::Transport { url, source: "connection reset".into() });
+                            let kind = self.s.borrow().kind;
+                            return Err(match kind {
+                                Some(Kind::Status(status)) => Error::Status { url, status },
+                                _ => Error::Transport { url, source: "connection reset".into() },
+                            });
                         }
                         if self.etag() != baseline {
                             break;
@@ -322,7 +332,7 @@ async fn after_an_outage_of_any_kind_and_length_the_next_change_lands_within_1_2
             // (a status outage: it is still answered; a hang: nothing was asked meanwhile) may
             // go unseen. Every other outage is logged exactly once when it starts and once when
             // it ends.
-            let leaves_long_poll = matches!(kind, Kind::Hang | Kind::Status(_));
+            let leaves_long_poll = matches!(kind, Kind::Hang | Kind::NewRequestsFail(_));
             let seen = !(leaves_long_poll && length < Duration::from_secs(5));
             let (s, e) = (logs.count(STARTED), logs.count(ENDED));
             if seen {
@@ -345,14 +355,10 @@ async fn a_change_made_during_the_outage_is_delivered_within_1_25_s_of_recovery(
             fake.begin(kind);
             sleep(Duration::from_secs(10)).await;
             // The change happens while the server is still failing, and is only visible once
-            // it answers again.
-            if !matches!(kind, Kind::Status(_)) {
-                fake.change();
-            }
+            // it answers again (a front end failing new requests only would hand it to the
+            // parked long poll, were it still parked: it is not, the probes found the outage).
+            fake.change();
             sleep(Duration::from_secs(5)).await;
-            if matches!(kind, Kind::Status(_)) {
-                fake.change();
-            }
             let back = Instant::now();
             fake.end();
             back
@@ -397,11 +403,17 @@ async fn a_short_hang_between_probes_delays_a_change_by_at_most_probe_every() {
 
 #[tokio::test(start_paused = true)]
 async fn the_outage_schedule_is_250_ms_500_ms_then_once_a_second() {
-    for kind in [Kind::Refused, Kind::Status(503), Kind::Drop, Kind::Hang] {
+    for kind in [
+        Kind::Refused,
+        Kind::Status(503),
+        Kind::NewRequestsFail(503),
+        Kind::Drop,
+        Kind::Hang,
+    ] {
         let run = outage(kind, Duration::from_millis(7300), Duration::from_secs(20)).await;
         let mut starts: Vec<Instant> = run.during.iter().map(|r| r.at).collect();
-        if matches!(kind, Kind::Refused | Kind::Drop) {
-            // The outage resets the parked long poll: that is the first failure.
+        if matches!(kind, Kind::Refused | Kind::Drop | Kind::Status(_)) {
+            // The outage ends the parked long poll: that is the first failure.
             starts.insert(0, run.from);
         }
         let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
