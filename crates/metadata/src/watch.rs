@@ -78,7 +78,8 @@ pub struct WatcherOptions {
     pub client_slack: Duration,
     /// Least time between the starts of two requests that brought nothing new.
     pub floor: Duration,
-    /// While a long poll is outstanding, a non-waiting probe of the same path this often.
+    /// While a long poll is outstanding, a non-waiting probe of the same path this often
+    /// (at least every 100 ms; `Duration::MAX` turns probing off).
     pub probe_every: Duration,
     /// Bound on every non-waiting request (probes and the requests of the outage schedule).
     /// Also how long a long poll must hold after an outage before the outage counts as over.
@@ -146,6 +147,9 @@ impl Source for Client {
         Client::url(self, path)
     }
 }
+
+/// "Never", for a probe interval too long to add to an instant.
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// One failure episode, from the first failed request to the first that holds again.
 #[derive(Debug)]
@@ -348,7 +352,9 @@ impl<S: Source> Watcher<S> {
         } = self;
         let lp = source.fetch(&lp_path, bound, Some(etag.as_str()));
         tokio::pin!(lp);
-        let mut next_probe = started + opts.probe_every;
+        let every = opts.probe_every.max(Duration::from_millis(100));
+        let after = |t: Instant| t.checked_add(every).unwrap_or_else(|| t + YEAR);
+        let mut next_probe = after(started);
         let settled_at = started + opts.probe_timeout;
         loop {
             let settling = outage.as_ref().is_some_and(|o| o.answered);
@@ -366,7 +372,7 @@ impl<S: Source> Watcher<S> {
                             Ok(Some(resp)) if has_new_etag(&resp, etag) => {
                                 return LongPoll::ProbeChanged(resp);
                             }
-                            Ok(_) => next_probe = probe_started + opts.probe_every,
+                            Ok(_) => next_probe = after(probe_started),
                             Err(e) => return LongPoll::ProbeFailed(e, probe_started),
                         },
                     }

@@ -489,6 +489,31 @@ async fn refusals_back_off_to_30_s() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn probing_can_be_turned_off_and_never_spins() {
+    for (every, most) in [(Duration::MAX, 0), (Duration::ZERO, 60 * 10)] {
+        let fake = Fake::new();
+        let opts = WatcherOptions {
+            probe_every: every,
+            ..WatcherOptions::default()
+        };
+        let mut w = Watcher::new(fake.clone(), "instance/x", opts);
+        w.next::<String>().await;
+        let from = Instant::now();
+        let quiet = tokio::time::timeout(Duration::from_secs(59), w.next::<String>()).await;
+        assert!(quiet.is_err());
+        let probes = fake
+            .requests(from, Instant::now())
+            .iter()
+            .filter(|r| !r.wait)
+            .count();
+        assert!(
+            probes <= most,
+            "probe_every {every:?}: {probes} probes in 59 s"
+        );
+    }
+}
+
 #[test]
 fn backoff_is_fast_first_then_steady_for_outages_and_exponential_for_refusals() {
     let b = Backoff::default();
