@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 /// The admin's configuration file on a real system.
 pub const SYSTEM_CONFIG: &str = "/etc/default/instance_configs.cfg";
 
-/// Default metadata server address (by IP: the DNS name was spoofed via DHCP in 2021).
+/// Default metadata server address over IPv4 (by IP: the DNS name was spoofed via DHCP in 2021).
+/// Without an override the client also finds the IPv6 one (`gce_metadata::Endpoint::gce`).
 pub const DEFAULT_METADATA_HOST: &str = "169.254.169.254";
+const DEFAULT_BASE_URL: &str = gce_metadata::DEFAULT_BASE_URL;
 
 /// Environment variable the Google client libraries honour to redirect the metadata server.
 pub const METADATA_HOST_ENV: &str = "GCE_METADATA_HOST";
@@ -556,22 +558,46 @@ impl Config {
         &self.raw
     }
 
-    /// `http://HOST/computeMetadata/v1/`, honouring `GCE_METADATA_HOST` from the environment.
-    pub fn metadata_base_url(&self) -> String {
+    /// Where the metadata server is: `GCE_METADATA_HOST` from the environment, then
+    /// `[Core] metadata_host`, else GCE's server by IP — `169.254.169.254` where reachable,
+    /// `[fd20:ce::254]` on IPv6-only instances.
+    pub fn metadata_endpoint(&self) -> gce_metadata::Endpoint {
         let env = std::env::var(METADATA_HOST_ENV).ok();
-        self.metadata_base_url_from(env.as_deref())
+        self.metadata_endpoint_from(env.as_deref())
     }
 
-    /// As [`Config::metadata_base_url`] with the environment value passed in: `env` wins, then
-    /// `[Core] metadata_host`, then `169.254.169.254`. Empty values are ignored.
-    pub fn metadata_base_url_from(&self, env: Option<&str>) -> String {
-        let host = [env, self.core.metadata_host.as_deref()]
+    /// As [`Config::metadata_endpoint`] with the environment value passed in. Empty values
+    /// are ignored.
+    pub fn metadata_endpoint_from(&self, env: Option<&str>) -> gce_metadata::Endpoint {
+        [env, self.core.metadata_host.as_deref()]
             .into_iter()
             .flatten()
             .map(normalize_host)
             .find(|h| !h.is_empty())
-            .unwrap_or(DEFAULT_METADATA_HOST);
-        format!("http://{host}/computeMetadata/v1/")
+            .map_or_else(
+                gce_metadata::Endpoint::gce,
+                gce_metadata::Endpoint::from_host,
+            )
+    }
+
+    /// The metadata client of every binary (daemons, script runner, instance setup): the one
+    /// place the server's address comes from.
+    pub fn metadata_client(
+        &self,
+        opts: gce_metadata::ClientOptions,
+    ) -> Result<gce_metadata::Client, gce_metadata::Error> {
+        gce_metadata::Client::for_endpoint(&self.metadata_endpoint(), opts)
+    }
+
+    /// A fixed base URL: the override, else `169.254.169.254` only.
+    #[deprecated(
+        note = "never finds the IPv6-only server: build clients with `Config::metadata_client`"
+    )]
+    pub fn metadata_base_url(&self) -> String {
+        match self.metadata_endpoint() {
+            gce_metadata::Endpoint::Fixed(url) => url,
+            gce_metadata::Endpoint::Auto(_) => DEFAULT_BASE_URL.to_string(),
+        }
     }
 }
 
@@ -747,23 +773,45 @@ mod tests {
     }
 
     #[test]
-    fn metadata_url_precedence_env_then_config_then_default() {
+    fn metadata_endpoint_precedence_env_then_config_then_auto() {
+        use gce_metadata::Endpoint;
         let mut c = Config::default();
-        let url = |c: &Config, env| c.metadata_base_url_from(env);
-        assert_eq!(url(&c, None), "http://169.254.169.254/computeMetadata/v1/");
-        assert_eq!(
-            url(&c, Some("")),
-            "http://169.254.169.254/computeMetadata/v1/"
-        );
+        let ep = |c: &Config, env| c.metadata_endpoint_from(env);
+        let fixed = |u: &str| Endpoint::Fixed(u.to_string());
+        assert_eq!(ep(&c, None), Endpoint::gce());
+        assert_eq!(ep(&c, Some("")), Endpoint::gce());
+        assert_eq!(ep(&c, Some("  ")), Endpoint::gce());
         c.core.metadata_host = Some("127.0.0.1:8080".into());
-        assert_eq!(url(&c, None), "http://127.0.0.1:8080/computeMetadata/v1/");
         assert_eq!(
-            url(&c, Some("10.0.0.1:81")),
-            "http://10.0.0.1:81/computeMetadata/v1/"
+            ep(&c, None),
+            fixed("http://127.0.0.1:8080/computeMetadata/v1/")
         );
+        let rows = [
+            ("10.0.0.1:81", "http://10.0.0.1:81/computeMetadata/v1/"),
+            (
+                "http://10.0.0.1:81/",
+                "http://10.0.0.1:81/computeMetadata/v1/",
+            ),
+            (
+                "[fd20:ce::254]",
+                "http://[fd20:ce::254]/computeMetadata/v1/",
+            ),
+            (
+                "[fd20:ce::254]:8080",
+                "http://[fd20:ce::254]:8080/computeMetadata/v1/",
+            ),
+            (
+                "169.254.169.254",
+                "http://169.254.169.254/computeMetadata/v1/",
+            ),
+        ];
+        for (env, url) in rows {
+            assert_eq!(ep(&c, Some(env)), fixed(url), "env {env}");
+        }
+        c.core.metadata_host = Some("[fd20:ce::254]".into());
         assert_eq!(
-            url(&c, Some("http://10.0.0.1:81/")),
-            "http://10.0.0.1:81/computeMetadata/v1/"
+            ep(&c, None),
+            fixed("http://[fd20:ce::254]/computeMetadata/v1/")
         );
     }
 

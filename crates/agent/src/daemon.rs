@@ -73,11 +73,13 @@ where
     F: FnOnce(&Config, Client) -> anyhow::Result<S>,
 {
     let _lock = InstanceLock::acquire(&args.lock_path(name))?;
-    let base = config.metadata_base_url();
-    let client = Client::new(&base, ClientOptions::default()).context("metadata client")?;
+    let endpoint = config.metadata_endpoint();
+    let client = config
+        .metadata_client(ClientOptions::default())
+        .context("metadata client")?;
     let mut service = make(&config, client.clone())?;
     let path = service.watch_path();
-    info!(METADATA = %base, WATCH = %path, "{name} {} starting", env!("CARGO_PKG_VERSION"));
+    info!(METADATA = %endpoint, WATCH = %path, "{name} {} starting", env!("CARGO_PKG_VERSION"));
 
     let (tx, mut rx) = tokio::sync::watch::channel::<Option<Snapshot<S::Snapshot>>>(None);
     let mut watcher = Watcher::new(client, &path, WatcherOptions::default());
@@ -158,7 +160,7 @@ where
                     for w in warnings {
                         warn!("configuration: {w}");
                     }
-                    if new.metadata_base_url() != config.metadata_base_url() {
+                    if new.metadata_endpoint() != config.metadata_endpoint() {
                         warn!("the metadata server address changed; it takes effect on restart");
                     }
                     service.reload(&new).await;

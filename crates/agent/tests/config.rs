@@ -277,8 +277,8 @@ fn good_values_parse() {
     assert_eq!(config.metadata_scripts.startup_timeout_secs, 600);
     assert_eq!(config.core.metadata_host.as_deref(), Some("127.0.0.1:8080"));
     assert_eq!(
-        config.metadata_base_url_from(None),
-        "http://127.0.0.1:8080/computeMetadata/v1/"
+        config.metadata_endpoint_from(None),
+        gce_metadata::Endpoint::Fixed("http://127.0.0.1:8080/computeMetadata/v1/".into())
     );
 }
 

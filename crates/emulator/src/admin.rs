@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::{EmulatorHandle, Fault, Shared, doc};
+use crate::{EmulatorHandle, Fault, Outage, Shared, doc};
 
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -25,6 +25,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/emulator/faults", post(add_fault).delete(clear_faults))
         .route("/emulator/pause", post(pause))
         .route("/emulator/resume", post(resume))
+        .route("/emulator/outage", post(begin_outage).delete(end_outage))
         .route("/emulator/stats", get(stats))
 }
 
@@ -99,7 +100,8 @@ async fn delete_at(State(shared): State<Arc<Shared>>, Path(pointer): Path<String
     StatusCode::NO_CONTENT
 }
 
-/// `{"status":503,"count":3}` | `{"latency_ms":500,"count":1}` | `{"drop":2}` | `{"no_flavor":1}`.
+/// `{"status":503,"count":3}` | `{"latency_ms":500,"count":1}` | `{"drop":2}` | `{"no_flavor":1}`
+/// | `{"hang":1}`.
 fn fault_from_json(v: &Value) -> Option<Fault> {
     let n = |k: &str| v.get(k).and_then(Value::as_u64);
     let count = n("count").unwrap_or(1) as u32;
@@ -120,7 +122,60 @@ fn fault_from_json(v: &Value) -> Option<Fault> {
     if let Some(c) = n("no_flavor") {
         return Some(Fault::NoFlavor { count: c as u32 });
     }
+    if let Some(c) = n("hang") {
+        return Some(Fault::Hang { count: c as u32 });
+    }
     None
+}
+
+/// `{"kind":"status","status":503}` | `{"kind":"refuse"}` | `{"kind":"hang"}` |
+/// `{"kind":"drop"}`, with an optional `"ms"` after which it ends by itself (a refusal closes
+/// this API's socket too, so it can only be ended by time or in-process).
+fn outage_from_json(v: &Value) -> Option<(Outage, Option<u64>)> {
+    let kind = match v.get("kind")?.as_str()? {
+        "status" => Outage::Status(
+            v.get("status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok())
+                .filter(|s| (100..600).contains(s))?,
+        ),
+        "refuse" => Outage::Refuse,
+        "hang" => Outage::Hang,
+        "drop" => Outage::Drop,
+        _ => return None,
+    };
+    Some((kind, v.get("ms").and_then(Value::as_u64)))
+}
+
+async fn begin_outage(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let v = match parse(&body) {
+        Ok(v) => v,
+        Err(msg) => return bad(msg),
+    };
+    let Some((kind, ms)) = outage_from_json(&v) else {
+        return bad(
+            "expected {\"kind\":\"status\",\"status\":N} | {\"kind\":\"refuse\"|\"hang\"|\"drop\"}, optional \"ms\"",
+        );
+    };
+    let h = handle(&shared);
+    // Answer first: a refusal closes the socket this answer goes out on.
+    if let Some(ms) = ms {
+        let h = h.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            h.end_outage();
+        });
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        h.begin_outage(kind);
+    });
+    StatusCode::ACCEPTED.into_response()
+}
+
+async fn end_outage(State(shared): State<Arc<Shared>>) -> StatusCode {
+    handle(&shared).end_outage();
+    StatusCode::NO_CONTENT
 }
 
 async fn add_fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -134,7 +189,7 @@ async fn add_fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             StatusCode::NO_CONTENT.into_response()
         }
         None => bad(
-            "expected {\"status\":N,\"count\":C} | {\"latency_ms\":MS,\"count\":C} | {\"drop\":C} | {\"no_flavor\":C}",
+            "expected {\"status\":N,\"count\":C} | {\"latency_ms\":MS,\"count\":C} | {\"drop\":C} | {\"no_flavor\":C} | {\"hang\":C}",
         ),
     }
 }

@@ -1,10 +1,12 @@
-//! A listener whose connections can be cut from inside a handler.
+//! A listener whose connections can be cut from inside a handler, and that can stop listening.
 //!
-//! axum's `serve` gives no per-connection control, but two behaviours need it: the `Drop` fault
-//! (the client must see the connection close without a response) and `shutdown` (parked long
-//! polls must be closed, not left to finish). Each accepted stream carries a kill switch; once
-//! flipped (or once the server shuts down) every read and write fails, so hyper drops the
-//! connection without writing the response it was handed.
+//! axum's `serve` gives no per-connection control, but some behaviours need it: the `Drop` fault
+//! (the client must see the connection close without a response), `cut_connections` and
+//! `shutdown` (parked long polls must be closed, not left to finish). Each accepted stream
+//! carries a kill switch; once flipped (or once the server shuts down, or every connection is
+//! cut) every read and write fails, so hyper drops the connection without writing the response
+//! it was handed. `stop_listening` closes the socket itself, so new connections are refused,
+//! and `start_listening` binds the same address again.
 
 use std::future::Future;
 use std::io;
@@ -19,9 +21,64 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::Shared;
+
 pub struct KillListener {
-    pub inner: TcpListener,
-    pub shutdown: watch::Receiver<bool>,
+    inner: Option<TcpListener>,
+    /// The bound address, bound again after a stop.
+    addr: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    listening: watch::Receiver<bool>,
+    cut: watch::Receiver<u64>,
+    bound: watch::Sender<usize>,
+}
+
+impl KillListener {
+    pub fn new(inner: TcpListener, addr: SocketAddr, shared: &Shared) -> KillListener {
+        shared.bound.send_modify(|n| *n += 1);
+        KillListener {
+            inner: Some(inner),
+            addr,
+            shutdown: shared.shutdown.subscribe(),
+            listening: shared.listening.subscribe(),
+            cut: shared.cut_epoch.subscribe(),
+            bound: shared.bound.clone(),
+        }
+    }
+
+    /// Drop the socket while listening is off, then bind the address again.
+    async fn follow_listening(&mut self) {
+        if *self.listening.borrow() {
+            return;
+        }
+        if self.inner.take().is_some() {
+            self.bound.send_modify(|n| *n -= 1);
+        }
+        if self.listening.wait_for(|l| *l).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        loop {
+            match crate::bind(&self.addr.to_string()).await {
+                Ok(l) => {
+                    self.inner = Some(l);
+                    self.bound.send_modify(|n| *n += 1);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(addr = %self.addr, error = %e, "binding again failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for KillListener {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            self.bound.send_modify(|n| *n -= 1);
+        }
+    }
 }
 
 /// Per-connection information handed to handlers through `ConnectInfo`.
@@ -73,16 +130,27 @@ impl Listener for KillListener {
 
     async fn accept(&mut self) -> (KillStream, ConnTag) {
         loop {
-            match self.inner.accept().await {
+            self.follow_listening().await;
+            let Some(inner) = &self.inner else { continue };
+            let accepted = tokio::select! {
+                r = inner.accept() => r,
+                _ = self.listening.wait_for(|l| !*l) => continue,
+            };
+            match accepted {
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);
                     let (kill_tx, kill_rx) = watch::channel(false);
                     let kill = Arc::new(kill_tx);
                     let shutdown = self.shutdown.clone();
+                    let mut cut = self.cut.clone();
+                    cut.borrow_and_update();
                     let dead = Box::pin(async move {
                         tokio::select! {
                             _ = flipped(kill_rx) => {}
                             _ = flipped(shutdown) => {}
+                            r = cut.changed() => if r.is_err() {
+                                std::future::pending::<()>().await;
+                            },
                         }
                     });
                     let tag = ConnTag { remote, kill };
@@ -107,7 +175,7 @@ impl Listener for KillListener {
     fn local_addr(&self) -> io::Result<ConnTag> {
         let (kill, _) = watch::channel(false);
         Ok(ConnTag {
-            remote: self.inner.local_addr()?,
+            remote: self.addr,
             kill: Arc::new(kill),
         })
     }

@@ -60,6 +60,7 @@ pub async fn handle(
         }
         Some(Fault::Drop { .. }) => return cut(&conn),
         Some(Fault::NoFlavor { .. }) => no_flavor = true,
+        Some(Fault::Hang { .. }) => return wedged(&mut shutdown, &conn).await,
     }
 
     let mut resp = serve(&shared, &conn, &method, &uri, rest, &headers, &body).await;
@@ -67,6 +68,12 @@ pub async fn handle(
         resp.headers_mut().remove("metadata-flavor");
     }
     resp
+}
+
+/// Never answer: a wedged server. The connection is closed only when the server shuts down.
+async fn wedged(shutdown: &mut tokio::sync::watch::Receiver<bool>, conn: &ConnTag) -> Response {
+    let _ = shutdown.wait_for(|s| *s).await;
+    cut(conn)
 }
 
 /// Close the connection without an answer; the response returned is never written.
@@ -233,9 +240,14 @@ async fn serve(
 
     // Long poll: park until this subtree's ETag moves away from `baseline`, or time out.
     let baseline = current;
-    let _waiter = WaiterGuard::new(shared);
+    let waiter = WaiterGuard::new(shared);
     let deadline = tokio::time::Instant::now() + q.timeout;
     let mut shutdown = shared.shutdown.subscribe();
+    // A hang injected while this request is parked wedges it too; a status outage answers it.
+    let mut hang = shared.hang_epoch.subscribe();
+    hang.borrow_and_update();
+    let mut fail = shared.fail_parked.subscribe();
+    fail.borrow_and_update();
     loop {
         tokio::select! {
             changed = rx.changed() => {
@@ -262,8 +274,17 @@ async fn serve(
                 };
             }
             _ = shutdown.wait_for(|s| *s) => return cut(conn),
+            Ok(()) = hang.changed() => break,
+            Ok(()) = fail.changed() => {
+                let status = fail.borrow().1;
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return reply(status, "text/plain; charset=utf-8", format!("emulated fault: {status}\n"), None);
+            }
         }
     }
+    // Wedged: no longer waiting for a change, never answering.
+    drop(waiter);
+    wedged(&mut shutdown, conn).await
 }
 
 struct WaiterGuard<'a>(&'a Shared);

@@ -60,6 +60,24 @@ pub enum Fault {
     Drop { count: u32 },
     /// Answer normally but without the `Metadata-Flavor` header.
     NoFlavor { count: u32 },
+    /// Accept the request and never answer it, not even after the fault is cleared: a wedged
+    /// server. Injecting it also wedges every long poll parked at that moment.
+    Hang { count: u32 },
+}
+
+/// A whole outage, begun with [`EmulatorHandle::begin_outage`] and ended with
+/// [`EmulatorHandle::end_outage`]; what a client meets meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// Every guest request answered with this status (503 in a live migration, 500, 429),
+    /// the parked long polls at once.
+    Status(u16),
+    /// Not listening: connections refused, open ones closed.
+    Refuse,
+    /// Requests accepted and never answered, parked long polls included, even after the end.
+    Hang,
+    /// Every connection closed without an answer, the open ones at once.
+    Drop,
 }
 
 impl Fault {
@@ -68,7 +86,8 @@ impl Fault {
             Fault::Status { count, .. }
             | Fault::Latency { count, .. }
             | Fault::Drop { count }
-            | Fault::NoFlavor { count } => count,
+            | Fault::NoFlavor { count }
+            | Fault::Hang { count } => count,
         }
     }
 }
@@ -78,6 +97,17 @@ pub(crate) struct Shared {
     pub faults: Mutex<VecDeque<Fault>>,
     pub paused: watch::Sender<bool>,
     pub shutdown: watch::Sender<bool>,
+    /// Bumped when a hang begins: long polls parked before it never answer.
+    pub hang_epoch: watch::Sender<u64>,
+    /// Bumped to close every open connection.
+    pub cut_epoch: watch::Sender<u64>,
+    /// Bumped (with a status) to answer every parked long poll with that status.
+    pub fail_parked: watch::Sender<(u64, u16)>,
+    /// Whether the listeners should be bound (false: connections are refused).
+    pub listening: watch::Sender<bool>,
+    /// How many listeners are bound right now, and how many there are.
+    pub bound: watch::Sender<usize>,
+    pub listeners: AtomicU64,
     pub requests: AtomicU64,
     pub waiters: AtomicU64,
     pub operations: AtomicU64,
@@ -159,6 +189,12 @@ impl Emulator {
                 faults: Mutex::new(VecDeque::new()),
                 paused: watch::Sender::new(false),
                 shutdown: watch::Sender::new(false),
+                hang_epoch: watch::Sender::new(0),
+                cut_epoch: watch::Sender::new(0),
+                fail_parked: watch::Sender::new((0, 0)),
+                listening: watch::Sender::new(true),
+                bound: watch::Sender::new(0),
+                listeners: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
                 waiters: AtomicU64::new(0),
                 operations: AtomicU64::new(0),
@@ -180,33 +216,58 @@ impl Emulator {
         }
     }
 
-    /// Bind `addr` (e.g. `127.0.0.1:0`) and serve on a spawned task.
+    /// Bind `addr` (e.g. `127.0.0.1:0`, `[::1]:0`, `[fd20:ce::254]:80`) and serve on a spawned
+    /// task.
     pub async fn start(self, addr: &str) -> std::io::Result<RunningEmulator> {
-        let listener = bind(addr).await?;
-        let local = listener.local_addr()?;
-        let app = router(self.shared.clone());
-        let listener = conn::KillListener {
-            inner: listener,
-            shutdown: self.shared.shutdown.subscribe(),
-        };
-        let service = app.into_make_service_with_connect_info::<conn::ConnTag>();
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, service).await {
-                tracing::error!(error = %e, "metadata emulator server stopped");
+        self.start_on(&[addr]).await
+    }
+
+    /// Bind every address in `addrs` (e.g. one IPv4 and one IPv6) and serve the same state on
+    /// each. A port 0 after the first address means "the first address's port".
+    pub async fn start_on(self, addrs: &[&str]) -> std::io::Result<RunningEmulator> {
+        let mut locals = Vec::new();
+        let mut tasks = Vec::new();
+        for addr in addrs {
+            let mut sa: Option<SocketAddr> = addr.parse().ok();
+            if let (Some(sa), Some(first)) = (sa.as_mut(), locals.first())
+                && sa.port() == 0
+            {
+                sa.set_port(SocketAddr::port(first));
             }
-        });
-        tracing::info!(addr = %local, "metadata emulator listening");
+            let listener = match sa {
+                Some(sa) => bind(&sa.to_string()).await?,
+                None => bind(addr).await?,
+            };
+            let local = listener.local_addr()?;
+            let app = router(self.shared.clone());
+            self.shared.listeners.fetch_add(1, Ordering::Relaxed);
+            let listener = conn::KillListener::new(listener, local, &self.shared);
+            let service = app.into_make_service_with_connect_info::<conn::ConnTag>();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, service).await {
+                    tracing::error!(error = %e, "metadata emulator server stopped");
+                }
+            }));
+            tracing::info!(addr = %local, "metadata emulator listening");
+            locals.push(local);
+        }
+        if locals.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no address to listen on",
+            ));
+        }
         Ok(RunningEmulator {
-            addr: local,
+            addrs: locals,
             shared: self.shared,
-            task: Some(task),
+            tasks,
         })
     }
 }
 
 /// Bind with a listen backlog of 4096 (tokio's `bind` uses 1024): thousands of agents
 /// reconnecting at once must not see dropped SYNs, each of which costs a 1 s retransmit.
-async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     let mut last = None;
     for sa in tokio::net::lookup_host(addr).await? {
         let socket = if sa.is_ipv4() {
@@ -254,24 +315,30 @@ async fn log_request(req: Request, next: Next) -> Response {
 
 /// A started emulator. Dropping it stops the server.
 pub struct RunningEmulator {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
-    task: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningEmulator {
+    /// The first address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[0]
     }
 
-    /// `http://127.0.0.1:PORT`, no trailing slash.
+    /// Every address it listens on.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// `http://127.0.0.1:PORT` (`http://[::1]:PORT` on IPv6), no trailing slash.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
-    /// `127.0.0.1:PORT`, the value for `GCE_METADATA_HOST`.
+    /// `127.0.0.1:PORT` (`[::1]:PORT`), the value for `GCE_METADATA_HOST`.
     pub fn metadata_host(&self) -> String {
-        self.addr.to_string()
+        self.addr().to_string()
     }
 
     pub fn handle(&self) -> EmulatorHandle {
@@ -283,7 +350,7 @@ impl RunningEmulator {
     /// Stop accepting and close every connection, parked long polls included.
     pub async fn shutdown(mut self) {
         self.shared.shutdown.send_replace(true);
-        if let Some(task) = self.task.take() {
+        for task in std::mem::take(&mut self.tasks) {
             task.abort();
             let _ = task.await;
         }
@@ -293,7 +360,7 @@ impl RunningEmulator {
 impl Drop for RunningEmulator {
     fn drop(&mut self) {
         self.shared.shutdown.send_replace(true);
-        if let Some(task) = self.task.take() {
+        for task in self.tasks.drain(..) {
             task.abort();
         }
     }
@@ -373,11 +440,74 @@ impl EmulatorHandle {
     }
 
     pub fn inject(&self, fault: Fault) {
+        let hang = matches!(fault, Fault::Hang { .. });
         self.shared
             .faults
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(fault);
+        if hang {
+            self.shared.hang_epoch.send_modify(|e| *e += 1);
+        }
+    }
+
+    /// Close every open connection now, parked long polls included, without an answer.
+    pub fn cut_connections(&self) {
+        self.shared.cut_epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Close the listening sockets (connections are refused) and every open connection.
+    pub fn stop_listening(&self) {
+        self.shared.listening.send_replace(false);
+        self.cut_connections();
+    }
+
+    /// Bind the same addresses again after [`stop_listening`](Self::stop_listening).
+    pub fn start_listening(&self) {
+        self.shared.listening.send_replace(true);
+    }
+
+    /// Resolves once the listeners are as last asked: every one bound again after
+    /// [`start_listening`](Self::start_listening), every one closed after
+    /// [`stop_listening`](Self::stop_listening) (both happen on the server's tasks).
+    pub async fn listening(&self) {
+        let want = if *self.shared.listening.borrow() {
+            self.shared.listeners.load(Ordering::Relaxed) as usize
+        } else {
+            0
+        };
+        let mut rx = self.shared.bound.subscribe();
+        let _ = rx.wait_for(|n| *n == want).await;
+    }
+
+    /// Start an outage of `kind` (replacing queued faults); it lasts until
+    /// [`end_outage`](Self::end_outage).
+    pub fn begin_outage(&self, kind: Outage) {
+        self.clear_faults();
+        match kind {
+            Outage::Status(status) => {
+                self.inject(Fault::Status {
+                    status,
+                    count: u32::MAX,
+                });
+                self.shared
+                    .fail_parked
+                    .send_modify(|(epoch, s)| (*epoch, *s) = (*epoch + 1, status));
+            }
+            Outage::Refuse => self.stop_listening(),
+            Outage::Hang => self.inject(Fault::Hang { count: u32::MAX }),
+            Outage::Drop => {
+                self.cut_connections();
+                self.inject(Fault::Drop { count: u32::MAX });
+            }
+        }
+    }
+
+    /// End any outage: faults cleared, listening again. Requests a hang swallowed stay
+    /// unanswered.
+    pub fn end_outage(&self) {
+        self.clear_faults();
+        self.start_listening();
     }
 
     pub fn clear_faults(&self) {
@@ -491,7 +621,7 @@ fn attributes_of(d: &Value, scope: &str) -> Value {
 impl std::fmt::Debug for RunningEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningEmulator")
-            .field("addr", &self.addr)
+            .field("addrs", &self.addrs)
             .finish_non_exhaustive()
     }
 }

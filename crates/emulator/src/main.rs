@@ -1,6 +1,7 @@
 //! `gce-metadata-emulator`: serve the metadata emulator until killed.
 //!
-//! Prints `listening on http://ADDR` on stdout once bound (tests parse it); logs to stderr.
+//! Prints `listening on http://ADDR` on stdout for each address once bound (tests parse the
+//! first); logs to stderr.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,9 +17,11 @@ use serde_json::Value;
     about = "GCE metadata server and Compute control-plane emulator"
 )]
 struct Args {
-    /// Address to listen on (use port 0 for any free port).
+    /// Address to listen on (port 0: any free port); repeat it to listen on several, e.g.
+    /// `--listen 127.0.0.1:8080 --listen [::1]:8080` or `--listen [fd20:ce::254]:80`. A port 0
+    /// after the first address means the first address's port.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
+    listen: Vec<String>,
     /// Recursive root JSON ({"instance":…,"project":…,"oslogin":…}); missing top-level keys
     /// are taken from the built-in document.
     #[arg(long)]
@@ -64,12 +67,15 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting tokio")?;
     rt.block_on(async {
+        let addrs: Vec<&str> = args.listen.iter().map(String::as_str).collect();
         let running = Emulator::new(doc)
-            .start(&args.listen)
+            .start_on(&addrs)
             .await
-            .with_context(|| format!("binding {}", args.listen))?;
+            .with_context(|| format!("binding {}", args.listen.join(", ")))?;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {}", running.url())?;
+        for addr in running.addrs() {
+            writeln!(out, "listening on http://{addr}")?;
+        }
         out.flush()?;
         drop(out);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

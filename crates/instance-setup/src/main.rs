@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use gce_agent::{CommonArgs, InstanceLock, LockError};
-use gce_metadata::{Client, ClientOptions};
+use gce_metadata::ClientOptions;
 
 const NAME: &str = "gce-instance-setup";
 const ABOUT: &str =
@@ -43,9 +43,11 @@ async fn run(cli: &CommonArgs, config: &gce_agent::Config) -> anyhow::Result<()>
             None
         }
     };
-    let base = config.metadata_base_url();
-    let client = Client::new(&base, ClientOptions::default())
-        .with_context(|| format!("metadata server address {base}"))?;
+    // IPv4 or IPv6 by reachability, or the override (the one place every binary gets it from).
+    let client = config
+        .metadata_client(ClientOptions::default())
+        .context("metadata client")?;
+    let base = client.base_url();
     let opts = gce_instance_setup::Options::from_config(config);
     tracing::debug!(METADATA = %base, "{NAME} {} starting", env!("CARGO_PKG_VERSION"));
     let report = gce_instance_setup::run(&client, &opts).await?;

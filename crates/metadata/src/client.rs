@@ -1,14 +1,17 @@
-//! The HTTP client for the metadata server. Strict on purpose: it talks to one base URL (by IP by
-//! default), never through a proxy, never follows a redirect, sends `Metadata-Flavor: Google` and
-//! refuses any answer that does not carry it back, caps response bodies, and bounds every request
-//! in time. Non-200 answers become typed errors.
+//! The HTTP client for the metadata server. Strict on purpose: it talks to one server (by IP by
+//! default, IPv4 or IPv6 as [`crate::endpoint`] decides), never through a proxy, never follows a
+//! redirect, sends `Metadata-Flavor: Google` and refuses any answer that does not carry it back,
+//! caps response bodies, and bounds every request in time. Non-200 answers become typed errors.
 
+use crate::endpoint::{Endpoint, SelectOptions, Selector};
 use crate::error::Error;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// The metadata server, reached by IP: the DNS name was spoofed in the wild (SPEC §1).
+/// The metadata server over IPv4, reached by IP: the DNS name was spoofed in the wild (SPEC §1).
+/// Daemons use [`Client::gce`] instead, which also finds the IPv6 address.
 pub const DEFAULT_BASE_URL: &str = "http://169.254.169.254/computeMetadata/v1/";
 const FLAVOR: &str = "Metadata-Flavor";
 
@@ -45,23 +48,77 @@ impl Response {
     }
 }
 
-#[derive(Debug, Clone)]
+/// A cheap-to-clone handle; clones share the connection pool and the address decision.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    target: Arc<Target>,
     opts: ClientOptions,
 }
 
-/// `http://HOST/computeMetadata/v1/` for a `GCE_METADATA_HOST`-style `host[:port]`.
+enum Target {
+    Fixed(String),
+    Auto(Selector),
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base_url())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `http://HOST/computeMetadata/v1/` for a `GCE_METADATA_HOST`-style `host[:port]`; a bare IPv6
+/// address gets its brackets, a pasted `http://` and trailing `/` are forgiven.
 pub fn base_url_for_host(host: &str) -> String {
-    format!(
-        "http://{}/computeMetadata/v1/",
-        host.trim().trim_end_matches('/')
-    )
+    let host = host.trim();
+    let host = host.strip_prefix("http://").unwrap_or(host);
+    let host = host.trim_end_matches('/');
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("http://[{host}]/computeMetadata/v1/")
+    } else {
+        format!("http://{host}/computeMetadata/v1/")
+    }
 }
 
 impl Client {
-    /// A client for `base_url` (e.g. [`DEFAULT_BASE_URL`] or an emulator's
+    /// The client every daemon uses when nothing overrides the address: GCE's server at
+    /// `169.254.169.254` where that is reachable, else at `[fd20:ce::254]` (IPv6-only instances).
+    pub fn gce(opts: ClientOptions) -> Result<Client, Error> {
+        Client::for_endpoint(&Endpoint::gce(), opts)
+    }
+
+    /// A client for `endpoint`: a fixed base URL or candidate addresses to choose from.
+    pub fn for_endpoint(endpoint: &Endpoint, opts: ClientOptions) -> Result<Client, Error> {
+        match endpoint {
+            Endpoint::Fixed(url) => Client::new(url, opts),
+            Endpoint::Auto(addrs) => {
+                Client::choosing(addrs.clone(), SelectOptions::default(), opts)
+            }
+        }
+    }
+
+    /// A client that chooses among `addrs` (most preferred first) with explicit timing.
+    pub fn choosing(
+        addrs: Vec<std::net::SocketAddr>,
+        select: SelectOptions,
+        opts: ClientOptions,
+    ) -> Result<Client, Error> {
+        if addrs.is_empty() {
+            return Err(Error::BadBaseUrl {
+                url: String::new(),
+                reason: "no candidate address".into(),
+            });
+        }
+        Ok(Client {
+            http: http_client(&opts)?,
+            target: Arc::new(Target::Auto(Selector::new(addrs, select))),
+            opts,
+        })
+    }
+
+    /// A client for `base_url` (e.g. an override or an emulator's
     /// `http://127.0.0.1:PORT/computeMetadata/v1/`).
     pub fn new(base_url: &str, opts: ClientOptions) -> Result<Client, Error> {
         let bad = |reason: &str| Error::BadBaseUrl {
@@ -84,25 +141,24 @@ impl Client {
         if !base.ends_with('/') {
             base.push('/');
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(FLAVOR, HeaderValue::from_static("Google"));
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(opts.connect_timeout)
-            .default_headers(headers)
-            .user_agent(concat!("gce-guest-agents/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::Build)?;
-        Ok(Client { http, base, opts })
+        Ok(Client {
+            http: http_client(&opts)?,
+            target: Arc::new(Target::Fixed(base)),
+            opts,
+        })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
+    /// The base URL requests go to now (before a decision: the preferred candidate's).
+    pub fn base_url(&self) -> String {
+        match &*self.target {
+            Target::Fixed(base) => base.clone(),
+            Target::Auto(sel) => sel.url(sel.current_or_preferred()).to_string(),
+        }
     }
 
+    /// The full URL of `path` at the current base (for messages).
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path.trim_start_matches('/'))
+        join(&self.base_url(), path)
     }
 
     /// GET `path` (relative to the base, may carry a query) with the default request timeout.
@@ -112,9 +168,26 @@ impl Client {
 
     /// GET with an explicit bound, used by long polls (`timeout_sec` + 10 s).
     pub async fn get_with_timeout(&self, path: &str, timeout: Duration) -> Result<Response, Error> {
-        let url = self.url(path);
-        let req = self.http.get(&url).timeout(timeout);
-        self.send(req, url, timeout).await
+        let resp = self
+            .execute(path, timeout, None, |url| self.http.get(url))
+            .await?;
+        // Without an ETag to match, an answer always carries its body.
+        Ok(resp.unwrap_or(Response {
+            body: Vec::new(),
+            etag: None,
+        }))
+    }
+
+    /// GET with an explicit bound; `None` when the answer's ETag is `etag`, in which case the
+    /// body is not even read (a watcher's probe costs headers only when nothing changed).
+    pub async fn get_unless_etag(
+        &self,
+        path: &str,
+        timeout: Duration,
+        etag: &str,
+    ) -> Result<Option<Response>, Error> {
+        self.execute(path, timeout, Some(etag), |url| self.http.get(url))
+            .await
     }
 
     /// GET and decode JSON into `T`.
@@ -137,15 +210,14 @@ impl Client {
         key: &str,
         value: &str,
     ) -> Result<(), Error> {
-        let url = self.url(&guest_attribute_path(namespace, key));
-        let req = self
-            .http
-            .put(&url)
-            .timeout(self.opts.request_timeout)
-            .body(value.to_string());
-        self.send(req, url, self.opts.request_timeout)
-            .await
-            .map(|_| ())
+        self.execute(
+            &guest_attribute_path(namespace, key),
+            self.opts.request_timeout,
+            None,
+            |url| self.http.put(url).body(value.to_string()),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Read guest attribute `NS/KEY`; `None` when it does not exist.
@@ -163,11 +235,53 @@ impl Client {
 
     /// Delete guest attribute `NS/KEY`; deleting a missing one is not an error.
     pub async fn delete_guest_attribute(&self, namespace: &str, key: &str) -> Result<(), Error> {
-        let url = self.url(&guest_attribute_path(namespace, key));
-        let req = self.http.delete(&url).timeout(self.opts.request_timeout);
-        match self.send(req, url, self.opts.request_timeout).await {
+        let path = guest_attribute_path(namespace, key);
+        let timeout = self.opts.request_timeout;
+        match self
+            .execute(&path, timeout, None, |url| self.http.delete(url))
+            .await
+        {
             Ok(_) | Err(Error::Status { status: 404, .. }) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Send the request `build` makes for a URL, at the current address. With candidate
+    /// addresses, a connection-level failure makes the choice again, and the request is sent
+    /// once more when that moved it to another address.
+    async fn execute(
+        &self,
+        path: &str,
+        timeout: Duration,
+        unless_etag: Option<&str>,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Option<Response>, Error> {
+        let sel = match &*self.target {
+            Target::Fixed(base) => {
+                let url = join(base, path);
+                return self
+                    .send(build(&url).timeout(timeout), url, timeout, unless_etag)
+                    .await;
+            }
+            Target::Auto(sel) => sel,
+        };
+        let i = sel.current().await;
+        let url = join(sel.url(i), path);
+        let started = tokio::time::Instant::now();
+        match self
+            .send(build(&url).timeout(timeout), url, timeout, unless_etag)
+            .await
+        {
+            Err(e) if e.is_connection_level() => {
+                let j = sel.decide(Some((i, started))).await;
+                if j == i {
+                    return Err(e);
+                }
+                let url = join(sel.url(j), path);
+                self.send(build(&url).timeout(timeout), url, timeout, unless_etag)
+                    .await
+            }
+            r => r,
         }
     }
 
@@ -176,22 +290,24 @@ impl Client {
         req: reqwest::RequestBuilder,
         url: String,
         timeout: Duration,
-    ) -> Result<Response, Error> {
+        unless_etag: Option<&str>,
+    ) -> Result<Option<Response>, Error> {
         let map_err = |e: reqwest::Error, url: &str| {
-            if e.is_timeout() {
+            // A connect timeout is both: it counts as a connection failure.
+            if e.is_connect() {
+                Error::Connect {
+                    url: url.to_string(),
+                    source: Box::new(e),
+                }
+            } else if e.is_timeout() {
                 Error::Timeout {
                     url: url.to_string(),
                     after: timeout,
                 }
-            } else if e.is_connect() {
-                Error::Connect {
-                    url: url.to_string(),
-                    source: e,
-                }
             } else {
                 Error::Transport {
                     url: url.to_string(),
-                    source: e,
+                    source: Box::new(e),
                 }
             }
         };
@@ -214,6 +330,10 @@ impl Client {
             .get("ETag")
             .and_then(|v| v.to_str().ok())
             .map(|s| s.trim_matches('"').to_string());
+        if unless_etag.is_some() && etag.as_deref() == unless_etag {
+            // Dropping the unread body closes this connection; the next request opens another.
+            return Ok(None);
+        }
         if resp
             .content_length()
             .is_some_and(|n| n > self.opts.max_body as u64)
@@ -233,8 +353,25 @@ impl Client {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Response { body, etag })
+        Ok(Some(Response { body, etag }))
     }
+}
+
+fn http_client(opts: &ClientOptions) -> Result<reqwest::Client, Error> {
+    let mut headers = HeaderMap::new();
+    headers.insert(FLAVOR, HeaderValue::from_static("Google"));
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(opts.connect_timeout)
+        .default_headers(headers)
+        .user_agent(concat!("gce-guest-agents/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(Error::Build)
+}
+
+fn join(base: &str, path: &str) -> String {
+    format!("{base}{}", path.trim_start_matches('/'))
 }
 
 fn guest_attribute_path(namespace: &str, key: &str) -> String {

@@ -1,29 +1,52 @@
 //! The long-poll watcher: `?recursive=true&alt=json&wait_for_change=true&last_etag=E&timeout_sec=N`
 //! on one subtree, yielding a snapshot only when the ETag changes.
 //!
-//! What it guards against, each learnt from the agents this project replaces:
-//! - errors: exponential backoff with jitter, a fast first retry (live migration answers 503 for
-//!   about a second), capped at 30 s;
-//! - a server that answers at once with an unchanged ETag (or garbage): a floor on the time between
-//!   requests, so it cannot make us spin;
-//! - log floods: a failure is logged once when it starts (and when its kind changes) and once when
-//!   it clears, never on every retry;
-//! - content that does not decode: logged once, the ETag is remembered so we wait for the next
-//!   change, and nothing is yielded — the caller keeps its last good state.
+//! The promise (issue 9 §2): once the server answers again after an outage of any kind — 5xx or
+//! 429 answers, refused connections, dropped connections, a server that accepts and never
+//! answers — the next change is delivered within about a second, while the outage costs at most
+//! about one request a second, one log line when it starts and one when it ends. How:
+//!
+//! - **During an outage** no long poll is sent (it could hang on a half-dead server): short
+//!   non-waiting GETs of the same path, each bounded by `probe_timeout` (1 s), the first after
+//!   250 ms (live migration answers 503 for about a second), then one a second (start to start,
+//!   +0–25 % jitter so a fleet does not retry in step). The first answer ends the outage: a new
+//!   ETag is delivered at once; the same ETag resumes the long poll at once. So after the server
+//!   is back, the next change arrives within 1.25 s plus a round trip.
+//! - **A hung long poll** cannot be told from a legitimate wait, so while one is outstanding a
+//!   non-waiting probe of the same path goes out every `probe_every` (5 s). Its answer's ETag is
+//!   compared with ours (the body is not even read when they match): a new ETag is delivered at
+//!   once and the long poll abandoned; no answer within `probe_timeout` abandons the long poll
+//!   and starts the outage schedule above. The bound this gives: a hang of 5 s or more is always
+//!   seen, and the rule above holds after it; a shorter hang that swallowed the long poll
+//!   without meeting a probe delays a change by at most `probe_every` plus a round trip. The
+//!   cost in normal operation: one header-only request per 5 s per daemon.
+//! - **Refusals** (a 404 for a deleted key, 403, an answer without the flavor header) are not
+//!   outages: the server answers and says no. They back off exponentially to 30 s.
+//! - A server that answers at once with an unchanged ETag (or garbage) meets a floor on the time
+//!   between requests, so it cannot make us spin; a server that answers probes but fails every
+//!   long poll is asked at most once a second.
+//! - Content that does not decode is logged once, its ETag remembered so we wait for the next
+//!   change, and nothing is yielded: the caller keeps its last good state.
 
-use crate::client::{Client, decode};
+use crate::client::{Client, Response, decode};
 use crate::error::Error;
 use serde::de::DeserializeOwned;
-use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, error, info, warn};
 
 /// Retry schedule after failures.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     /// First retry: short, because live-migration 503s last about a second.
     pub first: Duration,
+    /// Steady interval while the server is down or busy: politeness to a link-local server.
     pub max: Duration,
-    /// Fraction of each delay that is randomised (0.0..=1.0), so a fleet does not retry in step.
+    /// Cap for refusals (the server answers, but no): 404, 403, no flavor header.
+    pub refusal_max: Duration,
+    /// Fraction by which each delay is stretched at random (0.0..=1.0), so a fleet does not
+    /// retry in step. Only ever stretched: the schedule never asks more often than it says.
     pub jitter: f64,
 }
 
@@ -31,17 +54,19 @@ impl Default for Backoff {
     fn default() -> Self {
         Backoff {
             first: Duration::from_millis(250),
-            max: Duration::from_secs(30),
+            max: Duration::from_secs(1),
+            refusal_max: Duration::from_secs(30),
             jitter: 0.25,
         }
     }
 }
 
 impl Backoff {
-    /// The delay before retry number `attempt` (1-based), before jitter.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    /// The delay, start to start, before retry number `attempt` (1-based), before jitter.
+    pub fn delay(&self, attempt: u32, refusal: bool) -> Duration {
         let exp = attempt.saturating_sub(1).min(20);
-        self.first.saturating_mul(1u32 << exp).min(self.max)
+        let cap = if refusal { self.refusal_max } else { self.max };
+        self.first.saturating_mul(1u32 << exp).min(cap)
     }
 }
 
@@ -53,6 +78,12 @@ pub struct WatcherOptions {
     pub client_slack: Duration,
     /// Least time between the starts of two requests that brought nothing new.
     pub floor: Duration,
+    /// While a long poll is outstanding, a non-waiting probe of the same path this often
+    /// (at least every 100 ms; `Duration::MAX` turns probing off).
+    pub probe_every: Duration,
+    /// Bound on every non-waiting request (probes and the requests of the outage schedule).
+    /// Also how long a long poll must hold after an outage before the outage counts as over.
+    pub probe_timeout: Duration,
     pub backoff: Backoff,
 }
 
@@ -62,6 +93,8 @@ impl Default for WatcherOptions {
             timeout_sec: 60,
             client_slack: Duration::from_secs(10),
             floor: Duration::from_secs(1),
+            probe_every: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(1),
             backoff: Backoff::default(),
         }
     }
@@ -83,30 +116,88 @@ pub enum Poll<T> {
     Undecodable(Error),
 }
 
-pub struct Watcher {
-    client: Client,
+/// What the watcher asks of the server: the [`Client`], or a scripted fake in unit tests.
+pub trait Source {
+    /// GET `path` within `timeout`; `None` when the answer's ETag equals `unless_etag`.
+    fn fetch(
+        &self,
+        path: &str,
+        timeout: Duration,
+        unless_etag: Option<&str>,
+    ) -> impl Future<Output = Result<Option<Response>, Error>>;
+
+    /// The full URL of `path`, for messages.
+    fn url(&self, path: &str) -> String;
+}
+
+impl Source for Client {
+    async fn fetch(
+        &self,
+        path: &str,
+        timeout: Duration,
+        unless_etag: Option<&str>,
+    ) -> Result<Option<Response>, Error> {
+        match unless_etag {
+            Some(etag) => self.get_unless_etag(path, timeout, etag).await,
+            None => self.get_with_timeout(path, timeout).await.map(Some),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        Client::url(self, path)
+    }
+}
+
+/// "Never", for a probe interval too long to add to an instant.
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// One failure episode, from the first failed request to the first that holds again.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    failures: u32,
+    kind: &'static str,
+    /// The latest failure was a refusal, not an outage.
+    refusal: bool,
+    /// A non-waiting request was answered; the episode ends once a long poll holds too.
+    answered: bool,
+    /// Long polls that failed right after a non-waiting request was answered.
+    relapses: u32,
+}
+
+/// How a guarded long poll ended.
+enum LongPoll {
+    Answer(Result<Option<Response>, Error>, Instant),
+    ProbeChanged(Response),
+    ProbeFailed(Error, Instant),
+}
+
+pub struct Watcher<S = Client> {
+    source: S,
     path: String,
     etag: String,
     opts: WatcherOptions,
-    failing: Option<(&'static str, u32)>,
+    outage: Option<Outage>,
+    next_attempt: Instant,
     rng: u64,
 }
 
-impl Watcher {
+impl<S: Source> Watcher<S> {
     /// Watch `path` (a directory such as `""` for the root, `instance/network-interfaces/`, or a
     /// leaf such as `instance/virtual-clock/drift-token`).
-    pub fn new(client: Client, path: &str, opts: WatcherOptions) -> Watcher {
+    pub fn new(source: S, path: &str, opts: WatcherOptions) -> Watcher<S> {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ ((std::process::id() as u64) << 32);
         Watcher {
-            client,
+            source,
             path: path.to_string(),
             etag: "NONE".to_string(),
             opts,
-            failing: None,
+            outage: None,
+            next_attempt: Instant::now(),
             rng: seed | 1,
         }
     }
@@ -115,85 +206,223 @@ impl Watcher {
         &self.etag
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// Whether a failure episode is in progress (logged as started, not yet as ended).
+    pub fn failing(&self) -> bool {
+        self.outage.is_some()
+    }
+
+    fn sep(&self) -> char {
+        if self.path.contains('?') { '&' } else { '?' }
     }
 
     fn request_path(&self) -> String {
-        let sep = if self.path.contains('?') { '&' } else { '?' };
         format!(
-            "{}{sep}recursive=true&alt=json&wait_for_change=true&last_etag={}&timeout_sec={}",
-            self.path, self.etag, self.opts.timeout_sec
+            "{}{}recursive=true&alt=json&wait_for_change=true&last_etag={}&timeout_sec={}",
+            self.path,
+            self.sep(),
+            self.etag,
+            self.opts.timeout_sec
         )
+    }
+
+    /// The same subtree, same rendering, without waiting: its ETag is the long poll's.
+    fn probe_path(&self) -> String {
+        format!("{}{}recursive=true&alt=json", self.path, self.sep())
+    }
+
+    fn long_poll_bound(&self) -> Duration {
+        Duration::from_secs(self.opts.timeout_sec) + self.opts.client_slack
     }
 
     /// One long-poll request. Errors are returned as they are (no backoff, no logging).
     pub async fn poll_once<T: DeserializeOwned>(&mut self) -> Result<Poll<T>, Error> {
-        let bound = Duration::from_secs(self.opts.timeout_sec) + self.opts.client_slack;
         let path = self.request_path();
-        let resp = self.client.get_with_timeout(&path, bound).await?;
+        let resp = self
+            .source
+            .fetch(&path, self.long_poll_bound(), Some(&self.etag))
+            .await?;
+        Ok(self.take(resp, &path))
+    }
+
+    /// Turn an answer into a [`Poll`]; a new ETag becomes current.
+    fn take<T: DeserializeOwned>(&mut self, resp: Option<Response>, path: &str) -> Poll<T> {
+        let Some(resp) = resp else {
+            return Poll::Unchanged;
+        };
         let etag = resp.etag.clone().unwrap_or_default();
         if !etag.is_empty() && etag == self.etag {
-            return Ok(Poll::Unchanged);
+            return Poll::Unchanged;
         }
-        let url = self.client.url(&path);
-        match decode::<T>(&url, &resp.body) {
+        match decode::<T>(&self.source.url(path), &resp.body) {
             Ok(value) => {
                 self.etag = etag.clone();
-                Ok(Poll::Changed(Snapshot { etag, value }))
+                Poll::Changed(Snapshot { etag, value })
             }
             Err(e) => {
                 self.etag = etag;
-                Ok(Poll::Undecodable(e))
+                Poll::Undecodable(e)
             }
         }
     }
 
     /// Wait until the subtree has new, decodable content. Never returns an error: failures are
-    /// retried with backoff and logged once per episode.
+    /// retried on the schedule of the module doc and logged once per episode.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Snapshot<T> {
         loop {
-            let started = Instant::now();
-            match self.poll_once::<T>().await {
-                Ok(poll) => {
-                    if let Some((kind, n)) = self.failing.take() {
-                        info!(PATH = %self.path, "metadata server answering again after {n} failed request(s) ({kind})");
-                    }
-                    match poll {
-                        Poll::Changed(s) => return s,
-                        Poll::Unchanged => {}
-                        Poll::Undecodable(e) => {
-                            error!(ETAG = %self.etag, "ignoring metadata snapshot, keeping the last good state: {e}");
+            if self.outage.as_ref().is_some_and(|o| !o.answered) {
+                sleep_until(self.next_attempt).await;
+                let started = Instant::now();
+                let path = self.probe_path();
+                match self
+                    .source
+                    .fetch(&path, self.opts.probe_timeout, Some(&self.etag))
+                    .await
+                {
+                    Err(e) => self.failed(e, started),
+                    Ok(resp) => {
+                        let new = resp.as_ref().is_some_and(|r| has_new_etag(r, &self.etag));
+                        if new {
+                            self.end_outage();
+                            if let Some(s) = self.deliver(resp, &path) {
+                                return s;
+                            }
+                        } else if let Some(o) = &mut self.outage {
+                            // Answering, nothing new: resume the long poll now.
+                            o.answered = true;
                         }
                     }
-                    self.sleep_floor(started).await;
                 }
-                Err(e) => {
-                    let attempt = match &mut self.failing {
-                        Some((kind, n)) if *kind == e.kind() => {
-                            *n += 1;
-                            *n
-                        }
-                        _ => {
-                            warn!(PATH = %self.path, "metadata request failing, retrying with backoff: {e}");
-                            self.failing = Some((e.kind(), 1));
-                            1
-                        }
-                    };
-                    let delay = self.jittered(self.opts.backoff.delay(attempt));
-                    // Even a fast failure must respect the floor's spirit: the backoff delay is
-                    // the floor for errors.
-                    tokio::time::sleep(delay).await;
+                continue;
+            }
+            match self.guarded_long_poll().await {
+                LongPoll::Answer(Ok(resp), started) => {
+                    self.end_outage();
+                    let path = self.request_path();
+                    if let Some(s) = self.deliver(resp, &path) {
+                        return s;
+                    }
+                    sleep_until(started + self.opts.floor).await;
+                }
+                // A long poll may have been out for a minute: its retry counts from its failure.
+                LongPoll::Answer(Err(e), _) => self.failed(e, Instant::now()),
+                LongPoll::ProbeFailed(e, started) => self.failed(e, started),
+                LongPoll::ProbeChanged(resp) => {
+                    let path = self.probe_path();
+                    if let Some(s) = self.deliver(Some(resp), &path) {
+                        return s;
+                    }
                 }
             }
         }
     }
 
-    async fn sleep_floor(&self, started: Instant) {
-        let elapsed = started.elapsed();
-        if elapsed < self.opts.floor {
-            tokio::time::sleep(self.opts.floor - elapsed).await;
+    /// A snapshot to return, or `None` after logging an undecodable one.
+    fn deliver<T: DeserializeOwned>(
+        &mut self,
+        resp: Option<Response>,
+        path: &str,
+    ) -> Option<Snapshot<T>> {
+        match self.take(resp, path) {
+            Poll::Changed(s) => Some(s),
+            Poll::Unchanged => None,
+            Poll::Undecodable(e) => {
+                error!(ETAG = %self.etag, "ignoring metadata snapshot, keeping the last good state: {e}");
+                None
+            }
         }
+    }
+
+    /// A long poll, with a probe every `probe_every` while it is outstanding.
+    async fn guarded_long_poll(&mut self) -> LongPoll {
+        let lp_path = self.request_path();
+        let probe_path = self.probe_path();
+        let bound = self.long_poll_bound();
+        let started = Instant::now();
+        let Watcher {
+            source,
+            path,
+            etag,
+            opts,
+            outage,
+            ..
+        } = self;
+        let lp = source.fetch(&lp_path, bound, Some(etag.as_str()));
+        tokio::pin!(lp);
+        let every = opts.probe_every.max(Duration::from_millis(100));
+        let after = |t: Instant| t.checked_add(every).unwrap_or_else(|| t + YEAR);
+        let mut next_probe = after(started);
+        let settled_at = started + opts.probe_timeout;
+        loop {
+            let settling = outage.as_ref().is_some_and(|o| o.answered);
+            tokio::select! {
+                r = &mut lp => return LongPoll::Answer(r, started),
+                () = sleep_until(settled_at), if settling => end_outage(outage, path),
+                () = sleep_until(next_probe) => {
+                    let probe_started = Instant::now();
+                    let probe = source.fetch(&probe_path, opts.probe_timeout, Some(etag.as_str()));
+                    tokio::pin!(probe);
+                    // The long poll keeps being served while the probe is out.
+                    tokio::select! {
+                        r = &mut lp => return LongPoll::Answer(r, started),
+                        p = &mut probe => match p {
+                            Ok(Some(resp)) if has_new_etag(&resp, etag) => {
+                                return LongPoll::ProbeChanged(resp);
+                            }
+                            Ok(_) => next_probe = after(probe_started),
+                            Err(e) => return LongPoll::ProbeFailed(e, probe_started),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// Record a failed request that started at `started` and schedule the next attempt.
+    fn failed(&mut self, e: Error, started: Instant) {
+        let refusal = !e.is_outage();
+        let o = match &mut self.outage {
+            None => {
+                if refusal {
+                    warn!(PATH = %self.path, ERROR_KIND = e.kind(), "metadata request refused, retrying with backoff: {e}");
+                } else {
+                    warn!(PATH = %self.path, ERROR_KIND = e.kind(), "metadata server not answering, retrying about once a second: {e}");
+                }
+                self.outage.insert(Outage {
+                    since: Instant::now(),
+                    failures: 1,
+                    kind: e.kind(),
+                    refusal,
+                    answered: false,
+                    relapses: 0,
+                })
+            }
+            Some(o) => {
+                o.failures += 1;
+                if o.answered {
+                    o.answered = false;
+                    o.relapses += 1;
+                }
+                o.kind = e.kind();
+                o.refusal = refusal;
+                debug!(PATH = %self.path, "metadata request failed again ({}): {e}", o.failures);
+                o
+            }
+        };
+        let mut delay = self.opts.backoff.delay(o.failures, o.refusal);
+        if o.relapses > 0 {
+            // Plain GETs are answered but long polls fail: each round costs two requests.
+            delay = delay.max(self.opts.backoff.max * 2);
+        }
+        let delay = self.jittered(delay);
+        self.next_attempt = started + delay;
+    }
+
+    fn end_outage(&mut self) {
+        end_outage(&mut self.outage, &self.path);
     }
 
     fn jittered(&mut self, d: Duration) -> Duration {
@@ -203,32 +432,27 @@ impl Watcher {
         self.rng ^= self.rng << 17;
         let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64; // [0,1)
         let j = self.opts.backoff.jitter.clamp(0.0, 1.0);
-        d.mul_f64(1.0 - j + 2.0 * j * unit)
+        d.mul_f64(1.0 + j * unit)
+    }
+}
+
+fn has_new_etag(resp: &Response, current: &str) -> bool {
+    resp.etag
+        .as_deref()
+        .is_some_and(|e| !e.is_empty() && e != current)
+}
+
+fn end_outage(outage: &mut Option<Outage>, path: &str) {
+    if let Some(o) = outage.take() {
+        let secs = o.since.elapsed().as_secs_f64();
+        info!(
+            PATH = %path,
+            "metadata server answering again after {} failed request(s) over {secs:.1} s ({})",
+            o.failures,
+            o.kind
+        );
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_fast_first_then_exponential_and_capped() {
-        let b = Backoff::default();
-        let rows = [
-            (1, 250),
-            (2, 500),
-            (3, 1000),
-            (4, 2000),
-            (7, 16000),
-            (8, 30000),
-            (50, 30000),
-        ];
-        for (attempt, ms) in rows {
-            assert_eq!(
-                b.delay(attempt),
-                Duration::from_millis(ms),
-                "attempt {attempt}"
-            );
-        }
-    }
-}
+mod tests;

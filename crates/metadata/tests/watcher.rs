@@ -32,8 +32,10 @@ fn fast_opts(timeout_sec: u64) -> WatcherOptions {
         backoff: Backoff {
             first: Duration::from_millis(20),
             max: Duration::from_millis(200),
+            refusal_max: Duration::from_millis(200),
             jitter: 0.1,
         },
+        ..WatcherOptions::default()
     }
 }
 

@@ -61,9 +61,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None
         }
     };
-    let base = config.metadata_base_url();
-    let client = gce_metadata::Client::new(&base, gce_metadata::ClientOptions::default())
-        .with_context(|| format!("metadata server address {base}"))?;
+    let client = config
+        .metadata_client(gce_metadata::ClientOptions::default())
+        .with_context(|| format!("metadata server address {}", config.metadata_endpoint()))?;
     let opts = RunnerOptions::from_config(cli.kind, &config);
     gce_scripts::run(client, &opts, None).await?;
     Ok(())

@@ -5,7 +5,7 @@
 //! idle long polling.
 //!
 //! Run: `scripts/bench rss` (or `cargo build --release --workspace --bins &&
-//! cargo bench -p gce-testkit --bench idle_rss`). Needs root.
+//! cargo bench -p gce-testkit --bench idle_rss`). Needs root. `BENCH_IDLE_SECS=30` idles longer.
 
 use gce_metadata_emulator::Emulator;
 use gce_testkit::{BackgroundRuntime, bin, daemon_command, keypair, sandbox_main, sh, temp_dir};
@@ -79,7 +79,12 @@ fn main() {
             .unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(5));
+    // BENCH_IDLE_SECS=N idles longer (the watcher probes every 5 s while a long poll waits).
+    let idle = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    std::thread::sleep(Duration::from_secs(idle));
     let routes = Command::new("ip")
         .args(["route", "show", "table", "local", "proto", "66"])
         .output()

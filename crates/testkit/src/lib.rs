@@ -154,24 +154,37 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+/// A free TCP port on `ip` (`"::1"` in a namespace without IPv4).
+pub fn free_port_on(ip: &str) -> u16 {
+    let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+    std::net::TcpListener::bind((ip, 0))
         .expect("bind")
         .local_addr()
         .expect("addr")
         .port()
 }
 
-/// A real OpenSSH server on 127.0.0.1, killed on drop.
+/// A real OpenSSH server on loopback, killed on drop.
 pub struct Sshd {
     pub port: u16,
     pub dir: PathBuf,
+    /// The address it listens on (`127.0.0.1` or `::1`).
+    pub ip: String,
     child: Child,
 }
 
 impl Sshd {
-    /// Starts sshd with public-key authentication only. `extra` lines are appended to its
-    /// config (e.g. an `AuthorizedKeysCommand`).
+    /// Starts sshd on 127.0.0.1 with public-key authentication only. `extra` lines are appended
+    /// to its config (e.g. an `AuthorizedKeysCommand`).
     pub fn start(extra: &str) -> Sshd {
+        Sshd::start_on("127.0.0.1", extra)
+    }
+
+    /// As [`Sshd::start`], listening on `ip` (`"::1"` in a namespace without IPv4).
+    pub fn start_on(ip: &str, extra: &str) -> Sshd {
         // One directory per server: a test may run several (e.g. an impostor with another key).
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -180,7 +193,9 @@ impl Sshd {
         } else {
             format!("sshd{n}")
         });
-        let port = free_port();
+        let port = free_port_on(ip);
+        let addr: std::net::IpAddr = ip.parse().expect("an IP address");
+        let listen = std::net::SocketAddr::new(addr, port);
         let hostkey = dir.join("hostkey");
         sh(&[
             "ssh-keygen",
@@ -197,7 +212,7 @@ impl Sshd {
         std::fs::write(
             &cfg,
             format!(
-                "ListenAddress 127.0.0.1:{port}\nHostKey {}\nPidFile none\nUsePAM no\nStrictModes yes\n\
+                "ListenAddress {listen}\nHostKey {}\nPidFile none\nUsePAM no\nStrictModes yes\n\
                  PermitRootLogin no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  PubkeyAuthentication yes\nAuthorizedKeysFile .ssh/authorized_keys\nLogLevel VERBOSE\n\
                  MaxStartups 100\nMaxAuthTries 20\n{extra}\n",
@@ -214,7 +229,7 @@ impl Sshd {
             .spawn()
             .expect("start sshd");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(listen).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "sshd did not start: {}",
@@ -222,14 +237,19 @@ impl Sshd {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Sshd { port, dir, child }
+        Sshd {
+            port,
+            dir,
+            ip: ip.to_string(),
+            child,
+        }
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
     }
 
-    /// Tries `ssh user@127.0.0.1 cmd` with the private key `key`; returns the output.
+    /// Tries `ssh user@IP cmd` with the private key `key`; returns the output.
     pub fn login(&self, user: &str, key: &Path, cmd: &str) -> Output {
         Command::new("ssh")
             .arg("-i")
@@ -252,7 +272,7 @@ impl Sshd {
                 "-p",
             ])
             .arg(self.port.to_string())
-            .arg(format!("{user}@127.0.0.1"))
+            .arg(format!("{user}@{}", self.ip))
             .arg(cmd)
             .stdin(Stdio::null())
             .output()

@@ -206,7 +206,12 @@ pub fn start_system_sshd() -> Sshd {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    Sshd { port, dir, child }
+    Sshd {
+        port,
+        dir,
+        ip: "127.0.0.1".to_string(),
+        child,
+    }
 }
 
 /// The files an OS Login switch may touch, with their bytes (`None` = absent), for

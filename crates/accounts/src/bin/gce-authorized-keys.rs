@@ -48,7 +48,6 @@ fn now_ms() -> i64 {
 /// One metadata request when the daemon has not written the cache yet.
 fn from_metadata(user: &str) -> Vec<cache::CachedKey> {
     let (config, _) = gce_agent::Config::load(&gce_agent::ConfigPaths::system());
-    let base = config.metadata_base_url();
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -61,7 +60,7 @@ fn from_metadata(user: &str) -> Vec<cache::CachedKey> {
             request_timeout: std::time::Duration::from_millis(1500),
             ..Default::default()
         };
-        let Ok(client) = gce_metadata::Client::new(&base, opts) else {
+        let Ok(client) = config.metadata_client(opts) else {
             return Vec::new();
         };
         let Ok(root) = client
