@@ -76,7 +76,10 @@ impl Output {
 pub enum CmdError {
     #[error("empty command line")]
     EmptyArgv,
-    #[error("cannot run {program}: {source}")]
+    #[error(
+        "cannot run {program}: {source}{}",
+        missing_package_hint(program, source)
+    )]
     Spawn {
         program: String,
         source: std::io::Error,
@@ -96,6 +99,35 @@ pub enum CmdError {
         program: String,
         source: std::io::Error,
     },
+}
+
+/// The packages that ship the programs the daemons run (Debian, Fedora/EL), so a missing one is
+/// one log line that says what to install.
+const PACKAGES: &[(&str, &str, &str)] = &[
+    ("useradd", "passwd", "shadow-utils"),
+    ("usermod", "passwd", "shadow-utils"),
+    ("userdel", "passwd", "shadow-utils"),
+    ("groupadd", "passwd", "shadow-utils"),
+    ("gpasswd", "passwd", "shadow-utils"),
+    ("curl", "curl", "curl"),
+    ("chronyc", "chrony", "chrony"),
+    ("hwclock", "util-linux-extra", "util-linux"),
+];
+
+/// ` (not installed: package P on Debian/Ubuntu, Q on Fedora/EL)` when `program` is missing and
+/// known, else nothing.
+fn missing_package_hint(program: &str, source: &std::io::Error) -> String {
+    if source.kind() != std::io::ErrorKind::NotFound {
+        return String::new();
+    }
+    let name = program.rsplit('/').next().unwrap_or(program);
+    match PACKAGES.iter().find(|(p, _, _)| *p == name) {
+        Some((_, deb, rpm)) if deb == rpm => format!(" (not installed: package {deb})"),
+        Some((_, deb, rpm)) => {
+            format!(" (not installed: package {deb} on Debian/Ubuntu, {rpm} on Fedora/EL)")
+        }
+        None => " (not installed)".to_string(),
+    }
 }
 
 /// Run `argv` and require exit status 0.
@@ -394,10 +426,37 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
+    /// A missing program the daemons run is one line naming the package that ships it.
+    #[test]
+    fn missing_program_names_its_package() {
+        let missing = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        for (program, hint) in [
+            (
+                "useradd",
+                " (not installed: package passwd on Debian/Ubuntu, shadow-utils on Fedora/EL)",
+            ),
+            ("/usr/bin/curl", " (not installed: package curl)"),
+            ("chronyc", " (not installed: package chrony)"),
+            ("my-own-tool", " (not installed)"),
+        ] {
+            assert_eq!(missing_package_hint(program, &missing()), hint, "{program}");
+        }
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(missing_package_hint("useradd", &denied), "");
+    }
+
     #[tokio::test]
     async fn missing_program_and_empty_argv() {
         match run(&argv(&["/nonexistent/prog"]), &RunOpts::default()).await {
-            Err(CmdError::Spawn { program, source }) => {
+            Err(e @ CmdError::Spawn { .. }) => {
+                assert_eq!(
+                    e.to_string(),
+                    "cannot run /nonexistent/prog: No such file or directory (os error 2) \
+                     (not installed)"
+                );
+                let CmdError::Spawn { program, source } = e else {
+                    unreachable!()
+                };
                 assert_eq!(program, "/nonexistent/prog");
                 assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
             }

@@ -1,5 +1,6 @@
 //! The guest API, `/computeMetadata/v1/…`, with the exact semantics of SPEC §1: flavor check,
-//! faults and pause, listings, recursive output, long polls and guest attributes.
+//! faults and pause, listings, recursive output, long polls and guest attributes; and the few
+//! paths above it that clients probe (`/`, `/computeMetadata/`), which share its faults.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,12 +29,13 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path();
-    let Some(rest) = path
+    let rest = path
         .strip_prefix(PREFIX)
-        .filter(|r| r.is_empty() || r.starts_with('/'))
-    else {
+        .filter(|r| r.is_empty() || r.starts_with('/'));
+    let above = Above::of(path);
+    if rest.is_none() && above.is_none() {
         return (StatusCode::NOT_FOUND, html_error(404, path, "")).into_response();
-    };
+    }
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let mut shutdown = shared.shutdown.subscribe();
 
@@ -63,7 +65,11 @@ pub async fn handle(
         Some(Fault::Hang { .. }) => return wedged(&mut shutdown, &conn).await,
     }
 
-    let mut resp = serve(&shared, &conn, &method, &uri, rest, &headers, &body).await;
+    let mut resp = match (rest, above) {
+        (Some(rest), _) => serve(&shared, &conn, &method, &uri, rest, &headers, &body).await,
+        (None, Some(above)) => serve_above(above, &method, &uri, &headers),
+        (None, None) => html(404, path, ""),
+    };
     if no_flavor {
         resp.headers_mut().remove("metadata-flavor");
     }
@@ -74,6 +80,59 @@ pub async fn handle(
 async fn wedged(shutdown: &mut tokio::sync::watch::Receiver<bool>, conn: &ConnTag) -> Response {
     let _ = shutdown.wait_for(|s| *s).await;
     cut(conn)
+}
+
+/// The paths above `/computeMetadata/v1/` that the real server answers. Clients probe them:
+/// google-auth's `ping()` decides "am I on GCE?" from `GET /` (200 and the flavor header).
+/// The retired `/0.1/` and `/computeMetadata/v1beta1/` APIs (shut down by Google in 2020) and
+/// anything else stay 404.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Above {
+    /// `/`: lists `computeMetadata/`; the one path answered without the flavor header, as the
+    /// real server does (it reveals nothing).
+    Root,
+    /// `/computeMetadata`: a directory without its slash, redirected like any other.
+    ComputeMetadata,
+    /// `/computeMetadata/`: lists `v1/`.
+    ComputeMetadataDir,
+}
+
+impl Above {
+    fn of(path: &str) -> Option<Above> {
+        match path {
+            "/" => Some(Above::Root),
+            "/computeMetadata" => Some(Above::ComputeMetadata),
+            "/computeMetadata/" => Some(Above::ComputeMetadataDir),
+            _ => None,
+        }
+    }
+}
+
+fn serve_above(above: Above, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response {
+    let path = uri.path();
+    if headers.contains_key("x-forwarded-for") {
+        return html(
+            403,
+            path,
+            "Request had X-Forwarded-For header and was rejected.",
+        );
+    }
+    if above != Above::Root
+        && headers.get("metadata-flavor").map(HeaderValue::as_bytes) != Some(b"Google")
+    {
+        return html(403, path, "Missing Metadata-Flavor:Google header.");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed\n".into(),
+        );
+    }
+    match above {
+        Above::Root => reply(StatusCode::OK, TEXT, "computeMetadata/\n".into(), None),
+        Above::ComputeMetadata => redirect(uri),
+        Above::ComputeMetadataDir => reply(StatusCode::OK, TEXT, "v1/\n".into(), None),
+    }
 }
 
 /// Close the connection without an answer; the response returned is never written.

@@ -1135,3 +1135,144 @@ async fn shutdown_closes_parked_long_polls() {
     assert!(r.is_err(), "connection closed: {r:?}");
     assert!(t.elapsed() < Duration::from_secs(2));
 }
+
+/// Above `/computeMetadata/v1/` the real server answers the discovery paths clients probe
+/// (google-auth's `ping()` is `GET /`); the retired APIs and everything else are 404.
+#[tokio::test]
+async fn paths_above_v1_answer_as_the_real_server() {
+    struct Above {
+        rule: &'static str,
+        method: &'static str,
+        path: &'static str,
+        headers: &'static [(&'static str, &'static str)],
+        status: u16,
+        body: Option<&'static str>,
+        location: Option<&'static str>,
+    }
+    let rows = [
+        Above {
+            rule: "root lists computeMetadata/ (the ping)",
+            method: "GET",
+            path: "/",
+            headers: FLAVOR,
+            status: 200,
+            body: Some("computeMetadata/\n"),
+            location: None,
+        },
+        Above {
+            rule: "root needs no flavor header",
+            method: "GET",
+            path: "/",
+            headers: &[],
+            status: 200,
+            body: Some("computeMetadata/\n"),
+            location: None,
+        },
+        Above {
+            rule: "root rejects X-Forwarded-For",
+            method: "GET",
+            path: "/",
+            headers: &[("X-Forwarded-For", "10.0.0.1")],
+            status: 403,
+            body: None,
+            location: None,
+        },
+        Above {
+            rule: "computeMetadata/ lists v1/",
+            method: "GET",
+            path: "/computeMetadata/",
+            headers: FLAVOR,
+            status: 200,
+            body: Some("v1/\n"),
+            location: None,
+        },
+        Above {
+            rule: "computeMetadata/ needs the flavor header",
+            method: "GET",
+            path: "/computeMetadata/",
+            headers: &[],
+            status: 403,
+            body: None,
+            location: None,
+        },
+        Above {
+            rule: "computeMetadata without slash redirects",
+            method: "GET",
+            path: "/computeMetadata",
+            headers: FLAVOR,
+            status: 301,
+            body: None,
+            location: Some("/computeMetadata/"),
+        },
+        Above {
+            rule: "v1 without slash redirects",
+            method: "GET",
+            path: "/computeMetadata/v1",
+            headers: FLAVOR,
+            status: 301,
+            body: None,
+            location: Some("/computeMetadata/v1/"),
+        },
+        Above {
+            rule: "root is read-only",
+            method: "POST",
+            path: "/",
+            headers: FLAVOR,
+            status: 405,
+            body: None,
+            location: None,
+        },
+        Above {
+            rule: "v1beta1 was retired",
+            method: "GET",
+            path: "/computeMetadata/v1beta1/",
+            headers: FLAVOR,
+            status: 404,
+            body: None,
+            location: None,
+        },
+        Above {
+            rule: "the 0.1 API was retired",
+            method: "GET",
+            path: "/0.1/meta-data/",
+            headers: FLAVOR,
+            status: 404,
+            body: None,
+            location: None,
+        },
+        Above {
+            rule: "unknown paths are 404",
+            method: "GET",
+            path: "/latest/meta-data/",
+            headers: FLAVOR,
+            status: 404,
+            body: None,
+            location: None,
+        },
+    ];
+    let e = env().await;
+    for row in &rows {
+        let r = e.send(row.method, row.path, row.headers, None).await;
+        assert_eq!(r.status, row.status, "{}: {}", row.rule, r.body);
+        if let Some(body) = row.body {
+            assert_eq!(r.body, body, "{}", row.rule);
+            assert_eq!(
+                r.header("content-type"),
+                Some("application/text"),
+                "{}",
+                row.rule
+            );
+        }
+        assert_eq!(r.header("location"), row.location, "{}", row.rule);
+        if row.status != 404 {
+            assert_eq!(r.header("metadata-flavor"), Some("Google"), "{}", row.rule);
+        }
+    }
+    // The root is the same server: an outage there is an outage of the ping too.
+    e.h().inject(Fault::Status {
+        status: 503,
+        count: 1,
+    });
+    assert_eq!(e.send("GET", "/", FLAVOR, None).await.status, 503);
+    assert_eq!(e.send("GET", "/", FLAVOR, None).await.status, 200);
+}

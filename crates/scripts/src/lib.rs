@@ -7,7 +7,9 @@
 //! - [`exec`]: one script in its own process group, streamed output, timeout kill, orphan rule.
 //! - [`runner`]: one run from attributes to report.
 //! - [`event`]: the log lines, also handed to an injectable sink.
+//! - [`cli`]: the command line (shared with the manual page).
 
+pub mod cli;
 pub mod event;
 pub mod exec;
 pub mod fetch;

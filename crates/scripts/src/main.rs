@@ -3,22 +3,9 @@
 
 use anyhow::Context;
 use clap::Parser;
-use gce_agent::{CommonArgs, Config, InstanceLock, LockError};
-use gce_scripts::{RunnerOptions, ScriptKind};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "gce-metadata-script-runner",
-    version,
-    about = "Run the startup or shutdown scripts from GCE metadata"
-)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-    /// Which scripts to run.
-    #[arg(value_enum)]
-    kind: ScriptKind,
-}
+use gce_agent::{Config, InstanceLock, LockError};
+use gce_scripts::RunnerOptions;
+use gce_scripts::cli::Cli;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -10,11 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tools;
+
 const INNER: &str = "GCE_TESTKIT_INNER";
 
-/// Whether this process may build sandboxes (root, with `unshare` available).
+/// Whether this process may build sandboxes (root; whether the programs are there is
+/// [`tools::require_base`]'s business, which fails loudly rather than skipping).
 pub fn can_sandbox() -> bool {
-    nix_is_root() && Path::new("/usr/bin/unshare").exists()
+    nix_is_root()
 }
 
 fn nix_is_root() -> bool {
@@ -32,18 +35,23 @@ unsafe extern "C" {
 /// machine cannot sandbox (not root), prints why and returns `false`: the caller skips.
 pub fn sandbox(test_name: &str) -> bool {
     if std::env::var_os(INNER).is_some() {
-        setup_inside().expect("sandbox setup failed");
+        setup_inside().unwrap_or_else(|e| panic!("sandbox setup failed: {e}"));
         return true;
     }
     if !can_sandbox() {
-        eprintln!("SKIPPED {test_name}: needs root and unshare to build a private namespace");
+        eprintln!("SKIPPED {test_name}: needs root to build a private namespace");
         return false;
+    }
+    // A machine without the base packages hears it in one line naming them, not as a test
+    // failing somewhere inside on "No such file or directory".
+    if let Err(missing) = tools::require_base() {
+        panic!("{missing}");
     }
     let out = rerun_inside()
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
         .stdin(Stdio::null())
         .output()
-        .expect("running unshare");
+        .unwrap_or_else(|e| panic!("{}", spawn_error("unshare", &e)));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("--- sandboxed run of {test_name} ---\n{stdout}\n{stderr}");
@@ -82,12 +90,13 @@ fn rerun_inside() -> Command {
     cmd
 }
 
-/// Runs `args` (program and arguments, no shell); an error carries its stderr.
+/// Runs `args` (program and arguments, no shell); an error carries its stderr, or names the
+/// package to install when the program is missing.
 pub fn sh(args: &[&str]) -> Result<(), String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
+        .map_err(|e| spawn_error(args[0], &e))?;
     if !out.status.success() {
         return Err(format!(
             "{args:?} failed: {}",
@@ -95,6 +104,15 @@ pub fn sh(args: &[&str]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A program that could not be started: the one line naming its package when it is missing.
+pub fn spawn_error(program: &str, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        tools::missing_message(&[program])
+    } else {
+        format!("cannot run {program}: {e}")
+    }
 }
 
 fn setup_inside() -> Result<(), String> {
@@ -178,13 +196,27 @@ pub struct Sshd {
 
 impl Sshd {
     /// Starts sshd on 127.0.0.1 with public-key authentication only. `extra` lines are appended
-    /// to its config (e.g. an `AuthorizedKeysCommand`).
+    /// to its config (e.g. an `AuthorizedKeysCommand`). Panics with [`Sshd::try_start_on`]'s
+    /// message.
     pub fn start(extra: &str) -> Sshd {
         Sshd::start_on("127.0.0.1", extra)
     }
 
     /// As [`Sshd::start`], listening on `ip` (`"::1"` in a namespace without IPv4).
     pub fn start_on(ip: &str, extra: &str) -> Sshd {
+        Sshd::try_start_on(ip, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Sshd::start`], with a one-line error (naming the package when sshd or ssh-keygen is
+    /// missing) instead of a panic: for the demo.
+    pub fn try_start(extra: &str) -> Result<Sshd, String> {
+        Sshd::try_start_on("127.0.0.1", extra)
+    }
+
+    /// [`Sshd::try_start`] on `ip`.
+    pub fn try_start_on(ip: &str, extra: &str) -> Result<Sshd, String> {
+        let sshd = tools::require("sshd")?;
+        tools::require("ssh-keygen")?;
         // One directory per server: a test may run several (e.g. an impostor with another key).
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -194,7 +226,9 @@ impl Sshd {
             format!("sshd{n}")
         });
         let port = free_port_on(ip);
-        let addr: std::net::IpAddr = ip.parse().expect("an IP address");
+        let addr: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IP address"))?;
         let listen = std::net::SocketAddr::new(addr, port);
         let hostkey = dir.join("hostkey");
         sh(&[
@@ -207,7 +241,7 @@ impl Sshd {
             "-f",
             hostkey.to_str().unwrap(),
         ])
-        .expect("host key");
+        .map_err(|e| format!("sshd host key: {e}"))?;
         let cfg = dir.join("sshd_config");
         std::fs::write(
             &cfg,
@@ -219,30 +253,32 @@ impl Sshd {
                 hostkey.display()
             ),
         )
-        .expect("sshd config");
-        let log = std::fs::File::create(dir.join("sshd.log")).expect("log");
-        let child = Command::new("/usr/sbin/sshd")
+        .map_err(|e| format!("sshd config: {e}"))?;
+        let log =
+            std::fs::File::create(dir.join("sshd.log")).map_err(|e| format!("sshd log: {e}"))?;
+        // sshd re-executes itself and insists on an absolute path.
+        let child = Command::new(&sshd)
             .args(["-D", "-e", "-f"])
             .arg(&cfg)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start sshd");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(listen).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not start: {}",
-                std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Sshd {
+            .map_err(|e| spawn_error("sshd", &e))?;
+        // From here on, dropping `started` kills sshd again.
+        let mut started = Sshd {
             port,
             dir,
             ip: ip.to_string(),
             child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(listen).is_err() {
+            if Instant::now() >= deadline || matches!(started.child.try_wait(), Ok(Some(_))) {
+                return Err(format!("sshd did not start: {}", started.log().trim()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+        Ok(started)
     }
 
     pub fn log(&self) -> String {
@@ -276,7 +312,7 @@ impl Sshd {
             .arg(cmd)
             .stdin(Stdio::null())
             .output()
-            .expect("running ssh")
+            .unwrap_or_else(|e| panic!("{}", spawn_error("ssh", &e)))
     }
 }
 
@@ -304,7 +340,7 @@ pub fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
         "-f",
         key.to_str().unwrap(),
     ])
-    .expect("keygen");
+    .unwrap_or_else(|e| panic!("{e}"));
     let public = std::fs::read_to_string(key.with_extension("pub")).expect("read pub");
     (key, public.trim().to_string())
 }
@@ -359,17 +395,27 @@ pub fn bin(name: &str) -> PathBuf {
 /// and returns so `main` continues there.
 pub fn sandbox_main() {
     if std::env::var_os(INNER).is_some() {
-        setup_inside().expect("sandbox setup failed");
+        if let Err(e) = setup_inside() {
+            eprintln!("sandbox setup failed: {e}");
+            std::process::exit(1);
+        }
         return;
     }
     if !can_sandbox() {
-        eprintln!("needs root and unshare (it builds a private mount+net namespace)");
+        eprintln!("needs root (it builds a private mount+net namespace)");
         std::process::exit(2);
     }
-    let status = rerun_inside()
-        .args(std::env::args_os().skip(1))
-        .status()
-        .expect("running unshare");
+    if let Err(missing) = tools::require_base() {
+        eprintln!("{missing}");
+        std::process::exit(1);
+    }
+    let status = match rerun_inside().args(std::env::args_os().skip(1)).status() {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("{}", spawn_error("unshare", &e));
+            std::process::exit(1);
+        }
+    };
     std::process::exit(status.code().unwrap_or(1));
 }
 

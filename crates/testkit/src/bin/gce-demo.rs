@@ -5,10 +5,10 @@
 //! forwarded IP becoming a local route and a startup script's output in the log. Every step is
 //! printed with its time. Run as root: `scripts/demo`.
 
-use gce_testkit::{Sshd, bin, daemon_command, sandbox_main, temp_dir};
+use gce_testkit::{Sshd, bin, daemon_command, sandbox_main, spawn_error, temp_dir, tools};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 struct Clock(Instant);
@@ -20,35 +20,62 @@ impl Clock {
     }
 }
 
-fn put(addr: &str, path: &str, json: &str) {
-    let mut s = TcpStream::connect(addr).expect("emulator");
-    write!(s, "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}", json.len()).unwrap();
+fn http(addr: &str, request: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("emulator at {addr}: {e}"))?;
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("emulator at {addr}: {e}"))?;
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
-    assert!(
-        resp.starts_with("HTTP/1.1 2"),
-        "emulator refused {path}: {resp}"
-    );
+    Ok(resp)
 }
 
-fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("emulator");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    resp.split_once("\r\n\r\n")
+fn put(addr: &str, path: &str, json: &str) -> Result<(), String> {
+    let resp = http(
+        addr,
+        &format!(
+            "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        ),
+    )?;
+    if !resp.starts_with("HTTP/1.1 2") {
+        return Err(format!("emulator refused {path}: {resp}"));
+    }
+    Ok(())
+}
+
+fn get(addr: &str, path: &str) -> Result<String, String> {
+    let resp = http(
+        addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n"
+        ),
+    )?;
+    Ok(resp
+        .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
-fn sh(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().expect(cmd[0]);
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Runs a program; its stdout, or one line saying why not (naming the package when the program
+/// is missing).
+fn sh(cmd: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .map_err(|e| spawn_error(cmd[0], &e))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{}: {}",
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Starts one of our binaries.
+fn spawn(cmd: &mut Command, what: &str) -> Result<Child, String> {
+    cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))
 }
 
 struct Kill(Vec<Child>);
@@ -62,28 +89,51 @@ impl Drop for Kill {
     }
 }
 
-fn main() {
+fn main() -> ExitCode {
+    // Everything the demo runs, checked before two minutes of work rather than at the step that
+    // needs it.
+    if let Err(missing) =
+        tools::require_all(&["unshare", "ip", "sshd", "ssh", "ssh-keygen", "useradd"])
+    {
+        eprintln!("gce-demo: {missing}");
+        return ExitCode::FAILURE;
+    }
     sandbox_main();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gce-demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
     let clock = Clock(Instant::now());
     clock.say("sandbox ready: private /etc, /home, /run and network namespace (host users and routes untouched)");
     let dir = temp_dir("demo");
     let cfg = dir.join("instance_configs.cfg");
-    std::fs::write(&cfg, "").unwrap();
+    std::fs::write(&cfg, "").map_err(|e| format!("{}: {e}", cfg.display()))?;
     let mut procs = Kill(Vec::new());
 
-    let mut emu = Command::new(bin("gce-metadata-emulator"))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("emulator");
+    let mut emu = spawn(
+        Command::new(bin("gce-metadata-emulator"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+        "gce-metadata-emulator",
+    )?;
     let mut line = String::new();
-    BufReader::new(emu.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().trim_start_matches("listening on ").to_string();
-    let addr = url.trim_start_matches("http://").to_string();
+    if let Some(out) = emu.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
     procs.0.push(emu);
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or("the emulator did not say where it listens")?
+        .to_string();
+    let addr = url.trim_start_matches("http://").to_string();
     clock.say(&format!("metadata emulator listening on {url}"));
 
     sh(&[
@@ -96,7 +146,7 @@ fn main() {
         "peer",
         "name",
         "eth0-peer",
-    ]);
+    ])?;
     sh(&[
         "ip",
         "link",
@@ -105,24 +155,27 @@ fn main() {
         "address",
         "42:01:0a:8a:00:07",
         "up",
-    ]);
-    sh(&["ip", "link", "set", "eth0-peer", "up"]);
+    ])?;
+    sh(&["ip", "link", "set", "eth0-peer", "up"])?;
     clock.say("NIC eth0 (veth) carries the metadata MAC 42:01:0a:8a:00:07");
 
     for daemon in ["gce-accounts-daemon", "gce-ip-forwarding-daemon"] {
-        let log = std::fs::File::create(dir.join(format!("{daemon}.log"))).unwrap();
-        let child = daemon_command(
-            &bin(daemon),
-            &cfg,
-            &dir.join(format!("{daemon}.lock")),
-            &addr,
-        )
-        .stderr(log)
-        .spawn()
-        .expect(daemon);
+        let log_path = dir.join(format!("{daemon}.log"));
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let child = spawn(
+            daemon_command(
+                &bin(daemon),
+                &cfg,
+                &dir.join(format!("{daemon}.lock")),
+                &addr,
+            )
+            .stderr(log),
+            daemon,
+        )?;
         procs.0.push(child);
     }
-    let sshd = Sshd::start("");
+    let sshd = Sshd::try_start("")?;
     std::thread::sleep(Duration::from_millis(300));
     clock.say(&format!(
         "gce-accounts-daemon, gce-ip-forwarding-daemon and sshd (127.0.0.1:{}) running",
@@ -144,12 +197,13 @@ fn main() {
             "--timings",
         ])
         .output()
-        .expect("gce-ssh");
-    assert!(
-        out.status.success(),
-        "gce-ssh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|e| format!("cannot run gce-ssh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "gce-ssh: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
     let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
     clock.say(&format!(
         "gce-ssh pushed an 8 s key for user \"demo\" and the guest confirmed it in {:.0} ms:",
@@ -158,22 +212,24 @@ fn main() {
     for l in String::from_utf8_lossy(&out.stderr).lines() {
         println!("            {l}");
     }
-    let keys = get(&addr, "/computeMetadata/v1/instance/attributes/ssh-keys");
+    let keys = get(&addr, "/computeMetadata/v1/instance/attributes/ssh-keys")?;
     println!("            ssh-keys metadata: {}", keys.trim());
     let expire = keys
         .split("\"expireOn\":\"")
         .nth(1)
-        .map(|s| s[..19].to_string())
-        .unwrap_or_default();
+        .and_then(|s| s.get(..19))
+        .ok_or("the pushed key carries no expireOn")?
+        .to_string();
 
     let t = Instant::now();
     let login = sshd.login("demo", std::path::Path::new(&key), "id");
-    assert!(
-        login.status.success(),
-        "login failed: {}\n{}",
-        String::from_utf8_lossy(&login.stderr),
-        sshd.log()
-    );
+    if !login.status.success() {
+        return Err(format!(
+            "login failed: {}\n{}",
+            String::from_utf8_lossy(&login.stderr).trim(),
+            sshd.log()
+        ));
+    }
     clock.say(&format!(
         "ssh demo@127.0.0.1 id  ({:.0} ms):",
         t.elapsed().as_secs_f64() * 1e3
@@ -187,6 +243,7 @@ fn main() {
         "waiting for the key to expire at {expire}Z (the metadata server is not asked again)..."
     ));
     let expire_at = chrono_free_parse(&expire);
+    let t = Instant::now();
     loop {
         let l = sshd.login("demo", std::path::Path::new(&key), "id");
         if !l.status.success() {
@@ -198,6 +255,9 @@ fn main() {
             ));
             break;
         }
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err("the key still works 30 s after it should have expired".into());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -206,16 +266,15 @@ fn main() {
         &addr,
         "/emulator/doc/instance/networkInterfaces/0/forwardedIps",
         r#"["10.9.8.7"]"#,
-    );
+    )?;
     let route = loop {
-        let r = sh(&["ip", "route", "show", "table", "local", "proto", "66"]);
+        let r = sh(&["ip", "route", "show", "table", "local", "proto", "66"])?;
         if r.contains("10.9.8.7") {
             break r;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "route never appeared"
-        );
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err("the forwarded IP's route never appeared".into());
+        }
         std::thread::sleep(Duration::from_millis(1));
     };
     clock.say(&format!("forwarded IP 10.9.8.7 set in metadata; {:.1} ms later `ip route show table local proto 66`:", t.elapsed().as_secs_f64() * 1e3));
@@ -225,20 +284,25 @@ fn main() {
         &addr,
         "/emulator/doc/instance/attributes/startup-script",
         r##""#!/bin/bash\necho hello from the startup script\nuname -s""##,
-    );
+    )?;
     let out = Command::new(bin("gce-metadata-script-runner"))
         .arg("--config")
         .arg(&cfg)
         .arg("startup")
         .env("GCE_METADATA_HOST", &addr)
         .output()
-        .expect("runner");
+        .map_err(|e| format!("cannot run gce-metadata-script-runner: {e}"))?;
     clock.say("startup-script set in metadata; gce-metadata-script-runner startup logged:");
+    let mut saw_output = false;
     for l in String::from_utf8_lossy(&out.stderr)
         .lines()
         .filter(|l| l.contains("startup-script"))
     {
+        saw_output |= l.contains("hello from the startup script");
         println!("            {l}");
+    }
+    if !saw_output {
+        return Err("the startup script's output is not in the runner's log".into());
     }
     clock.say("the accounts daemon's log tells the story:");
     let log = std::fs::read_to_string(dir.join("gce-accounts-daemon.log")).unwrap_or_default();
@@ -248,6 +312,7 @@ fn main() {
     let _ = std::fs::remove_file(&key);
     drop(procs);
     clock.say("done: the sandbox, its users and routes vanish with it");
+    Ok(())
 }
 
 fn unix_ms() -> i64 {
