@@ -17,6 +17,7 @@ pub fn all() -> Vec<Page> {
         clock_skew_daemon(),
         ip_forwarding_daemon(),
         script_runner(),
+        instance_setup(),
     ]
 }
 
@@ -39,7 +40,7 @@ fn config_files() -> Vec<(String, String)> {
     vec![
         item(
             SYSTEM_CONFIG,
-            "The administrator's configuration (INI sections [Accounts], [Daemons], [IpForwarding], \
+            "The administrator's configuration (INI sections [Accounts], [Daemons], [IpForwarding], [Instance], [InstanceSetup], [OSLogin], \
              [MetadataScripts], [Core]); another file with --config. A bad line or value is logged \
              and the default used.",
         ),
@@ -58,9 +59,11 @@ fn metadata_host_env() -> (String, String) {
     item(
         METADATA_HOST_ENV,
         format!(
-            "host:port of the metadata server, as Google's client libraries read it; wins over \
-             [Core] metadata_host. Default {DEFAULT_METADATA_HOST}, by IP address (the name \
-             metadata.google.internal is never resolved)."
+            "host:port of the metadata server, as Google's client libraries read it ([fd20:ce::254] \
+             and [fd20:ce::254]:port too); wins over [Core] metadata_host. Default: \
+             {DEFAULT_METADATA_HOST} where a TCP connection to it succeeds, else [fd20:ce::254] \
+             (IPv6-only instances), chosen by IP address (the name metadata.google.internal is \
+             never resolved)."
         ),
     )
 }
@@ -376,6 +379,66 @@ shutdown.",
              logged); 1 when it could not run at all (no metadata, another run of the same kind); \
              2 on a bad command line.",
         see_also: &["gce-accounts-daemon(8)", "systemd.service(5)", "curl(1)"],
+        has_help: true,
+    }
+}
+
+fn instance_setup() -> Page {
+    let name = "gce-instance-setup";
+    let mut files = config_files();
+    files.extend([
+        item(
+            "/etc/google_instance_id",
+            "The id of the instance the host keys were made for ([Instance] instance_id_dir; \
+             the same file and format as Google's agents). Written only after every configured \
+             key is in place, so a failed key is retried at the next boot.",
+        ),
+        item(
+            "/etc/ssh/ssh_host_TYPE_key, /etc/ssh/ssh_host_TYPE_key.pub",
+            "Regenerated with ssh-keygen when the instance id changed ([InstanceSetup] \
+             set_host_keys, host_key_types, host_key_dir); each replaced atomically, private key \
+             0600 first, public key 0644 second.",
+        ),
+        item(
+            "/etc/hostname",
+            "The short host name from instance/hostname ([InstanceSetup] set_hostname).",
+        ),
+        item(
+            "/etc/hosts",
+            "Only the lines ending in \"# Added by Google\": the instance's address, FQDN and \
+             short name, and 169.254.169.254 metadata.google.internal ([InstanceSetup] set_fqdn); \
+             byte for byte what guest-configs' google_set_hostname writes. Other lines are kept.",
+        ),
+        lock_file("instance-setup"),
+    ]);
+    Page {
+        name,
+        section: Section::Admin,
+        command: daemon_command(
+            name,
+            "Per-instance SSH host keys, hostname and /etc/hosts from GCE metadata (once per boot)",
+        ),
+        description: "
+gce-instance-setup runs once per boot, before sshd, and reads instance/ from the metadata server.
+When the instance id differs from the one recorded in /etc/google_instance_id (a new instance
+cloned from an image), it makes new SSH host keys of the configured types with ssh-keygen and
+records the id last. It publishes every host key to the guest attributes hostkeys/ALGORITHM
+(when enable-guest-attributes is on), where gcloud compute ssh and gce-ssh pin them. It sets the
+host name and keeps its marked lines in /etc/hosts. With the metadata server unreachable it
+changes nothing and exits 1 after [InstanceSetup] metadata_timeout_secs; the next boot tries again.
+
+It is run by gce-instance-setup.service; a second run on the same instance changes nothing.",
+        files,
+        environment: daemon_environment()
+            .into_iter()
+            .filter(|(term, _)| !term.starts_with("NOTIFY_SOCKET"))
+            .collect(),
+        signals: Vec::new(),
+        exit_status: "0 when the host matches the metadata (failed guest-attribute writes are \
+             logged, not fatal); 1 when the metadata server gave no usable answer in time or a \
+             configured host key could not be made (both retried at the next boot); 2 on a bad \
+             command line.",
+        see_also: &["ssh-keygen(1)", "sshd(8)", "hosts(5)", "hostname(5)"],
         has_help: true,
     }
 }
