@@ -55,10 +55,6 @@ impl World {
     }
 }
 
-fn metadata_http() -> Http {
-    Http::new(Trust::default(), Duration::from_secs(3))
-}
-
 #[test]
 fn a_service_account_key_is_exchanged_with_a_signed_jwt() {
     let w = world("gce-ssh-sa");
@@ -74,8 +70,13 @@ fn a_service_account_key_is_exchanged_with_a_signed_jwt() {
         gcloud: Some("/bin/false".into()),
         ..Sources::default()
     };
-    let t = auth::access_token(&w.http(), &metadata_http(), &sources).unwrap();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
     assert_eq!(t.token, "ya29.from-service-account");
+    assert_eq!(
+        t.account.as_deref(),
+        Some(sa.email.as_str()),
+        "client_email"
+    );
     assert!(
         t.source.starts_with("GOOGLE_APPLICATION_CREDENTIALS="),
         "{}",
@@ -93,7 +94,7 @@ fn a_service_account_key_is_exchanged_with_a_signed_jwt() {
         gcloud: Some("/bin/false".into()),
         ..Sources::default()
     };
-    let e = auth::access_token(&w.http(), &metadata_http(), &sources)
+    let e = auth::access_token(&w.http(), &sources)
         .unwrap_err()
         .to_string();
     assert!(
@@ -115,6 +116,11 @@ fn application_default_credentials_refresh_an_authorized_user() {
         "1//refresh-1".into(),
         "ya29.from-refresh".into(),
     ));
+    w.rules
+        .lock()
+        .unwrap()
+        .id_tokens
+        .push(("ya29.from-refresh".into(), "dev@example.com".into()));
     let adc = serde_json::json!({
         "type": "authorized_user",
         "client_id": "client-1.apps.googleusercontent.com",
@@ -132,13 +138,34 @@ fn application_default_credentials_refresh_an_authorized_user() {
         adc_file: env.adc_file(),
         ..Sources::default()
     };
-    let t = auth::access_token(&w.http(), &metadata_http(), &sources).unwrap();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
     assert_eq!(t.token, "ya29.from-refresh");
     assert!(t.source.contains("application_default_credentials.json"));
+    assert_eq!(
+        t.account.as_deref(),
+        Some("dev@example.com"),
+        "the id_token's email claim"
+    );
+    // Without an id_token (a grant without openid): no account; token info names it.
+    w.rules.lock().unwrap().id_tokens.clear();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
+    assert_eq!(t.account, None);
+    let tokeninfo = w.token_uri.replace("/token", "/tokeninfo");
+    let e = auth::token_email(&w.http(), &tokeninfo, &t.token).unwrap_err();
+    assert!(e.contains("answered 400: Invalid Value"), "{e}");
+    w.rules
+        .lock()
+        .unwrap()
+        .token_emails
+        .push(("ya29.from-refresh".into(), "dev@example.com".into()));
+    assert_eq!(
+        auth::token_email(&w.http(), &tokeninfo, &t.token).unwrap(),
+        "dev@example.com"
+    );
 
     // A revoked refresh token is an error naming the file, not a silent fall-through.
     w.rules.lock().unwrap().refresh.clear();
-    let e = auth::access_token(&w.http(), &metadata_http(), &sources)
+    let e = auth::access_token(&w.http(), &sources)
         .unwrap_err()
         .to_string();
     assert!(
@@ -159,22 +186,39 @@ fn the_metadata_server_and_gcloud_come_last_in_that_order() {
         adc_file: Some(w.dir.join("no-adc.json")),
         metadata_host: Some(emu.metadata_host()),
         gcloud: Some(gcloud.clone().into()),
+        gcloud_account: Some("dev@example.com".into()),
         ..Sources::default()
     };
-    let t = auth::access_token(&w.http(), &metadata_http(), &sources).unwrap();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
     assert!(t.token.starts_with("ya29.emulated-"), "{t:?}");
-    assert_eq!(t.source, format!("metadata server {}", emu.metadata_host()));
+    assert_eq!(
+        t.source,
+        format!(
+            "metadata server http://{}/computeMetadata/v1/",
+            emu.metadata_host()
+        )
+    );
+    assert_eq!(
+        t.account.as_deref(),
+        Some("523926462582-compute@developer.gserviceaccount.com"),
+        "the VM's default service account"
+    );
 
     // No metadata server answering: gcloud's token.
     let sources = Sources {
         metadata_host: Some(format!("127.0.0.1:{}", gce_testkit::free_port())),
         ..sources
     };
-    let t = auth::access_token(&w.http(), &metadata_http(), &sources).unwrap();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
     assert_eq!(t.token, "ya29.from-gcloud");
     assert!(
         t.source.ends_with("gcloud auth print-access-token"),
         "{t:?}"
+    );
+    assert_eq!(
+        t.account.as_deref(),
+        Some("dev@example.com"),
+        "gcloud's account"
     );
 }
 
