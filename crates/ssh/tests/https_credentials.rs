@@ -349,3 +349,122 @@ fn the_binary_trusts_ssl_cert_file_reads_gcloud_config_and_reports_googles_error
         "{err}"
     );
 }
+
+/// OS Login through the binary over HTTPS: the account comes from the service account key's
+/// `client_email`, or from token info for a bare `--token`; the OS Login API's errors are
+/// Google's, one line.
+#[test]
+fn the_binary_imports_into_the_oslogin_profile_of_the_credentials_account() {
+    let w = world("gce-ssh-oslogin-https");
+    let emu =
+        w.rt.block_on(Emulator::with_default_doc().start("127.0.0.1:0"))
+            .unwrap();
+    let api = w.ca.front(&w.rt, emu.addr());
+    let h = emu.handle();
+    h.set_instance_attribute("enable-oslogin", "TRUE");
+    let sa = common::ServiceAccount::new(&w.dir, &w.token_uri);
+    {
+        let mut r = w.rules.lock().unwrap();
+        r.service_accounts.push((
+            sa.email.clone(),
+            sa.public_der.clone(),
+            sa.key_id.clone(),
+            "ya29.sa".into(),
+        ));
+        r.token_emails
+            .push(("ya29.bare".into(), "dev@example.com".into()));
+    }
+    let home = w.dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let tokeninfo = w.token_uri.replace("/token", "/tokeninfo");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(bin("gce-ssh"));
+        for k in common::USER_ENV {
+            cmd.env_remove(k);
+        }
+        cmd.env("HOME", &home)
+            .env("NO_GCE_CHECK", "true")
+            .env("CLOUDSDK_CONFIG", w.dir.join("no-gcloud"))
+            .env("PATH", "/usr/bin:/bin")
+            .env("SSL_CERT_FILE", &w.ca_file)
+            .args(["--endpoint", &api, "--oslogin-endpoint", &api])
+            .args(["--tokeninfo-url", &tokeninfo])
+            .args(["--project", "my-proj", "--zone", "us-west1-b", "vm0"])
+            .args(["--host", "127.0.0.1", "--push-only", "--timings"])
+            .args(args)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !key.is_empty() {
+            let _ = std::fs::remove_dir_all(std::path::Path::new(&key).parent().unwrap());
+        }
+        (out.status.code(), err)
+    };
+
+    h.require_compute_token(Some("ya29.sa"));
+    let (code, err) = run(
+        &[(
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            sa.json_path.to_str().unwrap(),
+        )],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "OS Login on in metadata: account {} (from GOOGLE_APPLICATION_CREDENTIALS=",
+            sa.email
+        )),
+        "{err}"
+    );
+    let profile = h
+        .oslogin_user(&sa.email)
+        .expect("profile made by the import");
+    assert_eq!(profile.keys.len(), 1);
+    assert!(
+        err.contains(&format!("POSIX user {}", profile.username)),
+        "{err}"
+    );
+    // The fingerprint gce-ssh would delete is the emulator's (OS Login's) own.
+    let k = profile.keys.values().next().unwrap();
+    assert_eq!(
+        gce_ssh::oslogin::key_fingerprint(&k.key).as_deref(),
+        Some(k.fingerprint.as_str())
+    );
+
+    // A bare token says nothing about its account: token info does.
+    h.require_compute_token(Some("ya29.bare"));
+    let (code, err) = run(&[], &["--token", "ya29.bare"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("account dev@example.com (from token info for the token from --token)"),
+        "{err}"
+    );
+    assert_eq!(h.oslogin_user("dev@example.com").unwrap().keys.len(), 1);
+
+    // Token info does not know the token: the error says so and what to do.
+    h.require_compute_token(Some("ya29.unknown"));
+    let (code, err) = run(&[], &["--token", "ya29.unknown"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("answered 400: Invalid Value") && err.contains("pass --account EMAIL"),
+        "{err}"
+    );
+
+    // The OS Login API refuses the account: Google's error, one line, nothing pushed.
+    let (code, err) = run(
+        &[],
+        &["--token", "ya29.unknown", "--account", "not-an-email"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("importing the key into the OS Login profile of not-an-email")
+            && err.contains("answered 400 INVALID_ARGUMENT: Invalid user email address"),
+        "{err}"
+    );
+    assert_eq!(h.doc()["instance"]["attributes"].get("ssh-keys"), None);
+}
