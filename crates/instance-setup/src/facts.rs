@@ -1,5 +1,6 @@
 //! What instance setup needs to know from the metadata server, read once per boot within a
-//! deadline: the instance id, the hostname, the primary IP and whether guest attributes are on.
+//! deadline: the instance id, the hostname, the primary IPv4 and IPv6 addresses and whether guest
+//! attributes are on.
 //!
 //! No answer is a decision to do nothing: Google's Go agent, started while the server answered
 //! 503, took the empty id for a new instance and rotated every host key (SPEC §9). Here a 503, a
@@ -26,6 +27,8 @@ pub struct Facts {
     pub hostname: String,
     /// `networkInterfaces[0].ip` as served; empty when the instance has none (IPv6-only).
     pub primary_ip: String,
+    /// `networkInterfaces[0].ipv6s[0]` as served; empty when the interface has no IPv6 address.
+    pub primary_ipv6: String,
     /// `enable-guest-attributes`, the instance's value overriding the project's.
     pub guest_attributes: bool,
 }
@@ -65,6 +68,12 @@ pub fn facts_from(instance: &Instance, project_flag: Option<&str>) -> Result<Fac
             .network_interfaces
             .first()
             .map(|n| n.ip.trim().to_string())
+            .unwrap_or_default(),
+        primary_ipv6: instance
+            .network_interfaces
+            .first()
+            .and_then(|n| n.ipv6s.first())
+            .map(|ip| ip.trim().to_string())
             .unwrap_or_default(),
         guest_attributes: guest_attributes_enabled(instance, project_flag),
     })
@@ -216,11 +225,21 @@ mod tests {
                 id: 5737554347302044216,
                 hostname: "vm0.c.p.internal".into(),
                 primary_ip: "10.0.0.2".into(),
+                primary_ipv6: String::new(),
                 guest_attributes: false,
             }
         );
         let f = facts_from(&instance(r#"{"id":7}"#), None).expect("facts");
         assert_eq!(f.primary_ip, "");
+        let v6 = facts_from(
+            &instance(r#"{"id":7,"networkInterfaces":[{"ipv6s":[" fd20:1::5 ","fd20:1::6"]}]}"#),
+            None,
+        )
+        .expect("facts");
+        assert_eq!(
+            (v6.primary_ip.as_str(), v6.primary_ipv6.as_str()),
+            ("", "fd20:1::5")
+        );
     }
 
     #[test]

@@ -15,6 +15,12 @@
 //! is never re-added by us, so the two still agree after it ran once). One difference on purpose:
 //! a file without a final newline gets one before our lines (the script's `echo >>` would glue
 //! its line onto the last one).
+//!
+//! IPv6-only instances (the primary interface has no IPv4 address, only `ipv6s`): the host line
+//! names the interface's IPv6 address, and the metadata server is pinned at `fd20:ce::254` too,
+//! before the IPv4 pin — as Google's newer guest-configs (`google_set_metadata_network`) pin it
+//! there, keeping the IPv4 line, which resolvers on such a host sort last. The guest-configs
+//! hostname hook only runs on DHCPv4 events, which an IPv6-only instance does not have.
 
 use std::net::IpAddr;
 
@@ -22,7 +28,25 @@ use std::net::IpAddr;
 pub const MARKER: &str = "# Added by Google";
 /// The pinned metadata server address: defeats the 2021 DHCP + /etc/hosts spoofing of the name.
 pub const METADATA_LINE: &str = "169.254.169.254 metadata.google.internal  # Added by Google";
-const METADATA_PREFIX: &[u8] = b"169.254.169.254";
+/// The pin on IPv6-only instances, where the server answers at `fd20:ce::254`.
+pub const METADATA_LINE_V6: &str = "fd20:ce::254 metadata.google.internal  # Added by Google";
+const METADATA_V4: &str = "169.254.169.254";
+const METADATA_V6: &str = "fd20:ce::254";
+
+/// What the instance's primary interface has, which decides the metadata pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// An IPv4 address (with or without IPv6): the IPv4 pin only.
+    Ipv4,
+    /// IPv6 only: the IPv6 pin, then the IPv4 one.
+    Ipv6Only,
+}
+
+/// Whether `line` starts with the address `addr` as a whole field.
+fn starts_with_addr(line: &[u8], addr: &str) -> bool {
+    line.strip_prefix(addr.as_bytes())
+        .is_some_and(|rest| rest.first().is_none_or(|b| b.is_ascii_whitespace()))
+}
 
 /// This instance's entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +88,8 @@ pub fn remove_ours(current: &[u8]) -> Vec<u8> {
 }
 
 /// The file as it should be: every other line kept in place, then our host line (if any), then
-/// the metadata pin unless a kept line already starts with `169.254.169.254`.
-pub fn rewrite(current: &[u8], host: Option<&HostEntry>) -> Vec<u8> {
+/// the metadata pins ([`Stack`]), each unless a kept line already starts with its address.
+pub fn rewrite(current: &[u8], host: Option<&HostEntry>, stack: Stack) -> Vec<u8> {
     let mut out = remove_ours(current);
     if !out.is_empty() && !out.ends_with(b"\n") {
         out.push(b'\n');
@@ -74,15 +98,25 @@ pub fn rewrite(current: &[u8], host: Option<&HostEntry>) -> Vec<u8> {
         out.extend_from_slice(h.line().as_bytes());
         out.push(b'\n');
     }
-    if !lines(&out).any(|l| l.starts_with(METADATA_PREFIX)) {
-        out.extend_from_slice(METADATA_LINE.as_bytes());
-        out.push(b'\n');
+    let pins: &[(&str, &str)] = match stack {
+        Stack::Ipv4 => &[(METADATA_V4, METADATA_LINE)],
+        Stack::Ipv6Only => &[
+            (METADATA_V6, METADATA_LINE_V6),
+            (METADATA_V4, METADATA_LINE),
+        ],
+    };
+    for (addr, line) in pins {
+        if !lines(&out).any(|l| starts_with_addr(l, addr)) {
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
     }
     out
 }
 
-/// Lines not ours that send `metadata.google.internal` somewhere other than 169.254.169.254
-/// (they win over our pin: the resolver takes the first match). Reported, never changed.
+/// Lines not ours that send `metadata.google.internal` somewhere other than the metadata
+/// server's addresses (they win over our pin: the resolver takes the first match). Reported,
+/// never changed.
 pub fn foreign_metadata_entries(current: &[u8]) -> Vec<String> {
     lines(current)
         .filter(|l| !is_ours(l))
@@ -90,7 +124,7 @@ pub fn foreign_metadata_entries(current: &[u8]) -> Vec<String> {
         .filter(|l| {
             let mut f = l.split('#').next().unwrap_or("").split_whitespace();
             let addr = f.next();
-            addr.is_some_and(|a| a != "169.254.169.254")
+            addr.is_some_and(|a| a != METADATA_V4 && a != METADATA_V6)
                 && f.any(|n| n.eq_ignore_ascii_case("metadata.google.internal"))
         })
         .map(|l| l.trim_end().to_string())
@@ -181,21 +215,77 @@ mod tests {
             ),
         ];
         for (current, host, want) in rows {
-            let got = rewrite(current.as_bytes(), host);
+            let got = rewrite(current.as_bytes(), host, Stack::Ipv4);
             assert_eq!(
                 String::from_utf8_lossy(&got),
                 want,
                 "from {current:?} with {host:?}"
             );
             // Idempotent: a second run writes nothing new.
-            assert_eq!(rewrite(&got, host), got, "second run from {current:?}");
+            assert_eq!(
+                rewrite(&got, host, Stack::Ipv4),
+                got,
+                "second run from {current:?}"
+            );
+        }
+    }
+
+    /// IPv6-only: the host line names the IPv6 address, the server is pinned at fd20:ce::254
+    /// first, then at 169.254.169.254; each pin yields to a line of the admin's for its address.
+    #[test]
+    fn ipv6_only_instances_pin_the_ipv6_address_first() {
+        let vm6 = entry("fd20:1:2:3:0:5::", "vm0.c.my-proj.internal");
+        let v6_ours = format!(
+            "fd20:1:2:3:0:5:: vm0.c.my-proj.internal vm0  # Added by Google\n{METADATA_LINE_V6}\n{METADATA_LINE}\n"
+        );
+        let rows: Vec<(String, Option<&HostEntry>, String)> = vec![
+            (DEBIAN.into(), Some(&vm6), format!("{DEBIAN}{v6_ours}")),
+            // From an IPv4 file (the instance changed stacks): all ours rewritten.
+            (
+                format!("{DEBIAN}{OURS}"),
+                Some(&vm6),
+                format!("{DEBIAN}{v6_ours}"),
+            ),
+            // No usable name: the two pins only.
+            (
+                DEBIAN.into(),
+                None,
+                format!("{DEBIAN}{METADATA_LINE_V6}\n{METADATA_LINE}\n"),
+            ),
+            // The admin's own IPv6 line for the server stays; our IPv4 pin still follows.
+            (
+                format!("{DEBIAN}fd20:ce::254 metadata.google.internal\n"),
+                None,
+                format!("{DEBIAN}fd20:ce::254 metadata.google.internal\n{METADATA_LINE}\n"),
+            ),
+            // A longer address that merely starts with the same digits is not the server's.
+            (
+                format!("{DEBIAN}fd20:ce::2540 other\n"),
+                None,
+                format!("{DEBIAN}fd20:ce::2540 other\n{METADATA_LINE_V6}\n{METADATA_LINE}\n"),
+            ),
+        ];
+        for (current, host, want) in rows {
+            let got = rewrite(current.as_bytes(), host, Stack::Ipv6Only);
+            assert_eq!(String::from_utf8_lossy(&got), want, "from {current:?}");
+            assert_eq!(rewrite(&got, host, Stack::Ipv6Only), got, "idempotent");
+            // Back to IPv4: the IPv6 pin goes.
+            assert!(
+                !String::from_utf8_lossy(&rewrite(&got, None, Stack::Ipv4))
+                    .contains(METADATA_LINE_V6)
+            );
+            assert_eq!(
+                remove_ours(&got),
+                remove_ours(current.as_bytes()),
+                "undone byte for byte"
+            );
         }
     }
 
     #[test]
     fn rewrite_keeps_non_utf8_bytes() {
         let current = b"10.0.0.5 caf\xe9\n";
-        let got = rewrite(current, None);
+        let got = rewrite(current, None, Stack::Ipv4);
         assert!(got.starts_with(current));
     }
 
@@ -210,7 +300,7 @@ mod tests {
             "x # Added by Google mid-line\n".into(),
         ] {
             for host in [Some(&vm0), None] {
-                let edited = rewrite(original.as_bytes(), host);
+                let edited = rewrite(original.as_bytes(), host, Stack::Ipv4);
                 assert_eq!(
                     remove_ours(&edited),
                     original.as_bytes(),
@@ -251,17 +341,21 @@ mod tests {
             format!("{DEBIAN}169.254.169.254 metadata.google.internal\n"),
             format!("{DEBIAN}{OURS}"),
         ] {
-            let ours = rewrite(original.as_bytes(), Some(&vm0));
+            let ours = rewrite(original.as_bytes(), Some(&vm0), Stack::Ipv4);
             assert_eq!(hook(&ours, &vm0), ours, "hook after us, from {original:?}");
             let theirs = hook(original.as_bytes(), &vm0);
-            assert_eq!(rewrite(&theirs, Some(&vm0)), theirs, "us after hook");
+            assert_eq!(
+                rewrite(&theirs, Some(&vm0), Stack::Ipv4),
+                theirs,
+                "us after hook"
+            );
         }
     }
 
     #[test]
     fn foreign_metadata_entries_are_found() {
         let text = format!(
-            "{DEBIAN}10.9.9.9 metadata.google.internal\n169.254.169.254 metadata.google.internal\n# 1.2.3.4 metadata.google.internal\n{METADATA_LINE}\n"
+            "{DEBIAN}10.9.9.9 metadata.google.internal\n169.254.169.254 metadata.google.internal\nfd20:ce::254 metadata.google.internal\n# 1.2.3.4 metadata.google.internal\n{METADATA_LINE}\n"
         );
         assert_eq!(
             foreign_metadata_entries(text.as_bytes()),

@@ -13,7 +13,7 @@ use gce_metadata::{Client, Error as MdsError};
 use crate::facts::{self, Facts, FactsError};
 use crate::hostkeys::{Reason, attribute, configured_types, marker, plan};
 use crate::hostname::{self, BadHostname, HostName};
-use crate::hosts::{self, HostEntry};
+use crate::hosts::{self, HostEntry, Stack};
 use crate::instance_id::{self, Boot};
 use crate::keygen::KeyDir;
 use crate::system::{self, FileError, Selinux};
@@ -120,7 +120,7 @@ pub async fn run(client: &Client, opts: &Options) -> Result<Report, SetupError> 
         set_hostname(name, opts, &mut report).await;
     }
     if opts.set_fqdn {
-        set_hosts(name.as_ref().ok(), &facts.primary_ip, opts, &mut report).await;
+        set_hosts(name.as_ref().ok(), &facts, opts, &mut report).await;
     }
 
     if report.failed.is_empty() {
@@ -347,22 +347,50 @@ async fn set_hostname(name: &HostName, opts: &Options, report: &mut Report) {
     after_rewrite(path, result, opts, &mut report.hostname_changed).await;
 }
 
+/// The address of this instance's host line, and which metadata pins it gets: the primary IPv4
+/// address, else (IPv6-only) the primary interface's first IPv6 address. `Err` says why there is
+/// no usable address.
+pub fn host_address(facts: &Facts) -> (Result<IpAddr, String>, Stack) {
+    let v4 = facts.primary_ip.as_str();
+    let v6 = facts.primary_ipv6.as_str();
+    if !v4.is_empty() {
+        let ip = match v4.parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V4(_)) => Ok(ip),
+            _ => Err(format!("invalid primary IP {v4:?}")),
+        };
+        return (ip, Stack::Ipv4);
+    }
+    if v6.is_empty() {
+        return (
+            Err("the first network interface has no IP address".into()),
+            Stack::Ipv4,
+        );
+    }
+    let ip = match v6.parse::<IpAddr>() {
+        Ok(ip @ IpAddr::V6(_)) => Ok(ip),
+        _ => Err(format!("invalid primary IPv6 address {v6:?}")),
+    };
+    (ip, Stack::Ipv6Only)
+}
+
 /// The `# Added by Google` lines of /etc/hosts.
-async fn set_hosts(name: Option<&HostName>, ip: &str, opts: &Options, report: &mut Report) {
-    let entry = match (name, ip.parse::<IpAddr>()) {
-        (Some(n), Ok(ip)) => Some(HostEntry {
-            ip,
-            fqdn: n.fqdn.clone(),
-            short: n.short.clone(),
-        }),
-        (Some(_), Err(_)) if ip.is_empty() => {
-            tracing::info!(
-                "the first network interface has no IPv4 address: no host entry in /etc/hosts"
-            );
-            None
+async fn set_hosts(name: Option<&HostName>, facts: &Facts, opts: &Options, report: &mut Report) {
+    let (ip, stack) = host_address(facts);
+    let entry = match (name, ip) {
+        (Some(n), Ok(ip)) => {
+            if stack == Stack::Ipv6Only {
+                tracing::debug!(
+                    "IPv6-only instance: host entry for {ip}, metadata server pinned at fd20:ce::254 too"
+                );
+            }
+            Some(HostEntry {
+                ip,
+                fqdn: n.fqdn.clone(),
+                short: n.short.clone(),
+            })
         }
-        (Some(_), Err(_)) => {
-            tracing::warn!("ignoring invalid primary IP {ip:?}: no host entry in /etc/hosts");
+        (Some(_), Err(why)) => {
+            tracing::warn!("{why}: no host entry in /etc/hosts");
             None
         }
         (None, _) => None,
@@ -376,7 +404,7 @@ async fn set_hosts(name: Option<&HostName>, ip: &str, opts: &Options, report: &m
                 path.display()
             );
         }
-        hosts::rewrite(current, entry.as_ref())
+        hosts::rewrite(current, entry.as_ref(), stack)
     });
     after_rewrite(path, result, opts, &mut report.hosts_changed).await;
 }
@@ -395,5 +423,41 @@ async fn after_rewrite(
         }
         Ok(false) => tracing::debug!("{} already right", path.display()),
         Err(e) => tracing::warn!("{e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host line's address: the primary IPv4, else (IPv6-only) the first IPv6 address,
+    /// which also pins the metadata server's IPv6 address.
+    #[test]
+    fn the_host_address_is_ipv4_else_ipv6_on_ipv6_only_instances() {
+        let rows = [
+            ("10.0.0.2", "", Ok("10.0.0.2"), Stack::Ipv4),
+            ("10.0.0.2", "fd20:1::5", Ok("10.0.0.2"), Stack::Ipv4),
+            ("", "fd20:1::5", Ok("fd20:1::5"), Stack::Ipv6Only),
+            ("", "", Err("no IP address"), Stack::Ipv4),
+            ("10.0.0", "", Err("invalid primary IP"), Stack::Ipv4),
+            ("fd20::1", "", Err("invalid primary IP"), Stack::Ipv4),
+            ("", "10.0.0.9", Err("invalid primary IPv6"), Stack::Ipv6Only),
+        ];
+        for (v4, v6, want, want_stack) in rows {
+            let facts = Facts {
+                id: 1,
+                hostname: "vm0".into(),
+                primary_ip: v4.into(),
+                primary_ipv6: v6.into(),
+                guest_attributes: false,
+            };
+            let (got, stack) = host_address(&facts);
+            assert_eq!(stack, want_stack, "{v4:?} {v6:?}");
+            match (got, want) {
+                (Ok(ip), Ok(w)) => assert_eq!(ip.to_string(), w),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{e}"),
+                (got, want) => panic!("{v4:?} {v6:?}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 }

@@ -47,6 +47,9 @@ pub struct Project {
 pub struct NetworkInterface {
     pub mac: String,
     pub ip: String,
+    /// The interface's own IPv6 addresses (`ipv6s`): the only addresses of an IPv6-only
+    /// instance, whose `ip` is empty.
+    pub ipv6s: Vec<String>,
     pub forwarded_ips: Vec<String>,
     pub forwarded_ipv6s: Vec<String>,
     pub ip_aliases: Vec<String>,
@@ -63,6 +66,26 @@ pub struct VirtualClock {
 /// Interpret a GCE boolean attribute (`TRUE`, `true`, ` True `). Anything else is false.
 pub fn attribute_is_true(value: Option<&String>) -> bool {
     value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Go's `strconv.ParseBool` (surrounding blanks forgiven), the spelling Google's agent accepts
+/// for `enable-oslogin` and its companions; anything else is `None` (unset).
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s.trim() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// An OS Login switch (`enable-oslogin`, `-2fa`, `-sk`, `-certificates`): the instance's value
+/// if it parses, else the project's, else off (Google's `getOSLoginEnabled`). One rule for the
+/// daemon's host switch and for `gce-ssh`'s detection.
+pub fn oslogin_flag(instance: Option<&str>, project: Option<&str>) -> bool {
+    instance
+        .and_then(parse_go_bool)
+        .or_else(|| project.and_then(parse_go_bool))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -117,6 +140,40 @@ mod tests {
                 "{row} must be rejected"
             );
         }
+    }
+
+    /// `enable-oslogin` and companions: the instance's value when it parses, else the project's.
+    #[test]
+    fn oslogin_flags_instance_overrides_project_in_go_spelling() {
+        let rows: [(Option<&str>, Option<&str>, bool); 10] = [
+            (None, None, false),
+            (None, Some("TRUE"), true),
+            (None, Some("1"), true),
+            (Some("FALSE"), Some("TRUE"), false),
+            (Some("true"), Some("false"), true),
+            (Some("T"), None, true),
+            (Some(" True\n"), None, true),
+            // Not Go's spelling: unset, so the project decides.
+            (Some("yes"), Some("TRUE"), true),
+            (Some("tRuE"), None, false),
+            (Some(""), Some("f"), false),
+        ];
+        for (instance, project, want) in rows {
+            assert_eq!(
+                oslogin_flag(instance, project),
+                want,
+                "instance {instance:?} project {project:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_interface_has_ipv6s_and_no_ip() {
+        let nic: NetworkInterface =
+            serde_json::from_str(r#"{"mac":"42:01:0a:8a:00:07","ipv6s":["fd20:1:2:3:0:5::"]}"#)
+                .unwrap();
+        assert_eq!(nic.ip, "");
+        assert_eq!(nic.ipv6s, ["fd20:1:2:3:0:5::"]);
     }
 
     #[test]

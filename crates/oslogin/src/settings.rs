@@ -19,15 +19,8 @@ pub struct Settings {
     pub certificates: bool,
 }
 
-/// Go's `strconv.ParseBool`, the spelling Google's agent accepts for these keys; anything else
-/// counts as unset.
-pub fn parse_go_bool(s: &str) -> Option<bool> {
-    match s.trim() {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
+/// Go's `strconv.ParseBool`; shared with `gce-ssh`'s OS Login detection through gce-metadata.
+pub use gce_metadata::model::parse_go_bool;
 
 impl Settings {
     /// Each key: the instance value if it parses, else the project value, else off (Google's
@@ -37,11 +30,10 @@ impl Settings {
         project: &BTreeMap<String, String>,
     ) -> Settings {
         let flag = |key: &str| {
-            instance
-                .get(key)
-                .and_then(|v| parse_go_bool(v))
-                .or_else(|| project.get(key).and_then(|v| parse_go_bool(v)))
-                .unwrap_or(false)
+            gce_metadata::model::oslogin_flag(
+                instance.get(key).map(String::as_str),
+                project.get(key).map(String::as_str),
+            )
         };
         Settings {
             enabled: flag("enable-oslogin"),

@@ -6,9 +6,18 @@
 //! 3. gcloud's application default credentials (`$CLOUDSDK_CONFIG` or `~/.config/gcloud`,
 //!    `application_default_credentials.json`);
 //! 4. the metadata server's `instance/service-accounts/default/token`, when running on a GCE VM
-//!    (`GCE_METADATA_HOST`, else by IP: `169.254.169.254`, then `[fd20:ce::254]`; never through a
+//!    (`GCE_METADATA_HOST`, else by IP as the daemons find it: `169.254.169.254` where it is
+//!    reachable, `[fd20:ce::254]` on IPv6-only VMs — `gce_metadata::Client::gce`; never through a
 //!    proxy; skipped with `NO_GCE_CHECK=true` as in Google's libraries);
 //! 5. `gcloud auth print-access-token`, when gcloud is on `PATH`.
+//!
+//! Each source also says whose token it is where it can, for OS Login (whose API is addressed by
+//! the account's email): a service account key's `client_email`; an authorized user's ID token
+//! (`email` claim of the `id_token` the refresh answer carries when the grant included `openid`,
+//! as gcloud's application-default login does); the VM's default service account
+//! (`instance/service-accounts/default/email`); gcloud's active account (`CLOUDSDK_CORE_ACCOUNT`,
+//! else `[core] account`). An explicit token says nothing: [`token_email`] asks Google's token
+//! info endpoint.
 //!
 //! A credential file is either a service account key (a JWT signed RS256 with its PKCS#8
 //! `private_key`, exchanged at its `token_uri` with the jwt-bearer grant) or an `authorized_user`
@@ -26,11 +35,15 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
+use gce_metadata::{Client, ClientOptions, Endpoint};
+
 use crate::http::Http;
 use crate::tool;
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 pub const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+/// Where an access token's owner is looked up (`email`, when the token has the email scope).
+pub const GOOGLE_TOKENINFO_URI: &str = "https://oauth2.googleapis.com/tokeninfo";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const DMI_PRODUCT: &str = "/sys/class/dmi/id/product_name";
 
@@ -58,11 +71,13 @@ fn tried_lines(head: &str, tried: &[String]) -> String {
     s
 }
 
-/// A token and where it came from (shown with `--timings`).
+/// A token, where it came from (shown with `--timings`) and, where the source says, whose it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessToken {
     pub token: String,
     pub source: String,
+    /// The account's email, as the source tells it (`None`: ask [`token_email`]).
+    pub account: Option<String>,
 }
 
 /// What the search reads from the environment; [`Sources::from_process`] fills it.
@@ -79,6 +94,8 @@ pub struct Sources {
     pub dmi_product: Option<String>,
     /// gcloud's path when it is on `PATH`.
     pub gcloud: Option<PathBuf>,
+    /// gcloud's active account (whose token gcloud prints).
+    pub gcloud_account: Option<String>,
 }
 
 impl Sources {
@@ -96,16 +113,13 @@ impl Sources {
                 .ok()
                 .map(|s| s.trim().to_string()),
             gcloud: crate::gcloud::on_path("gcloud", std::env::var_os("PATH").as_deref()),
+            gcloud_account: crate::gcloud::account(gcloud_env).ok().map(|f| f.value),
         }
     }
 }
 
 /// Finds a token, trying each source in order.
-pub fn access_token(
-    http: &Http,
-    metadata_http: &Http,
-    s: &Sources,
-) -> Result<AccessToken, AuthError> {
+pub fn access_token(http: &Http, s: &Sources) -> Result<AccessToken, AuthError> {
     let mut tried = Vec::new();
     let broken = |what: String, reason: String, tried: &Vec<String>| AuthError::Broken {
         what,
@@ -117,6 +131,7 @@ pub fn access_token(
         return Ok(AccessToken {
             token: t.clone(),
             source: "--token".into(),
+            account: None,
         });
     }
     tried.push("--token / GCE_ACCESS_TOKEN: not set".into());
@@ -125,9 +140,10 @@ pub fn access_token(
         Some(path) => {
             let what = format!("GOOGLE_APPLICATION_CREDENTIALS={}", path.display());
             return from_file(http, path)
-                .map(|token| AccessToken {
+                .map(|(token, account)| AccessToken {
                     token,
                     source: what.clone(),
+                    account,
                 })
                 .map_err(|reason| broken(what, reason, &tried));
         }
@@ -138,9 +154,10 @@ pub fn access_token(
         Some(path) if path.exists() => {
             let what = format!("application default credentials {}", path.display());
             return from_file(http, path)
-                .map(|token| AccessToken {
+                .map(|(token, account)| AccessToken {
                     token,
                     source: what.clone(),
+                    account,
                 })
                 .map_err(|reason| broken(what, reason, &tried));
         }
@@ -153,26 +170,15 @@ pub fn access_token(
         ),
     }
 
-    match metadata_hosts(s) {
+    match metadata_endpoint(s) {
         Err(why) => tried.push(format!("metadata server: {why}")),
-        Ok(hosts) => {
-            let mut failures = Vec::new();
-            for host in &hosts {
-                match from_metadata(metadata_http, host) {
-                    Ok(token) => {
-                        return Ok(AccessToken {
-                            token,
-                            source: format!("metadata server {host}"),
-                        });
-                    }
-                    Err(MetadataFailure::Unreachable(e)) => failures.push(format!("{host}: {e}")),
-                    Err(MetadataFailure::Broken(e)) => {
-                        return Err(broken(format!("metadata server {host}"), e, &tried));
-                    }
-                }
+        Ok(endpoint) => match from_metadata(&endpoint) {
+            Ok(found) => return Ok(found),
+            Err(MetadataFailure::Unreachable(e)) => tried.push(format!("metadata server: {e}")),
+            Err(MetadataFailure::Broken { url, reason }) => {
+                return Err(broken(format!("metadata server {url}"), reason, &tried));
             }
-            tried.push(format!("metadata server: {}", failures.join("; ")));
-        }
+        },
     }
 
     match &s.gcloud {
@@ -182,6 +188,7 @@ pub fn access_token(
                 .map(|token| AccessToken {
                     token,
                     source: what.clone(),
+                    account: s.gcloud_account.clone(),
                 })
                 .map_err(|reason| broken(what, reason, &tried));
         }
@@ -193,21 +200,18 @@ pub fn access_token(
     Err(AuthError::NoCredentials { tried })
 }
 
-/// The metadata servers to ask, or why none.
-fn metadata_hosts(s: &Sources) -> Result<Vec<String>, String> {
+/// The metadata server to ask, or why none.
+fn metadata_endpoint(s: &Sources) -> Result<Endpoint, String> {
     if s.no_gce_check {
         return Err("skipped (NO_GCE_CHECK is set)".into());
     }
     if let Some(h) = &s.metadata_host {
-        return Ok(vec![h.clone()]);
+        return Ok(Endpoint::from_host(h));
     }
     // Google's libraries read the DMI product name before touching the network; off GCE this
     // avoids a connect timeout to a link-local address on every run.
     match &s.dmi_product {
-        Some(p) if p.starts_with("Google") => Ok(vec![
-            "169.254.169.254".to_string(),
-            "[fd20:ce::254]".to_string(),
-        ]),
+        Some(p) if p.starts_with("Google") => Ok(Endpoint::gce()),
         Some(p) => Err(format!(
             "not a GCE VM ({DMI_PRODUCT} is {p:?}) and GCE_METADATA_HOST is not set"
         )),
@@ -221,22 +225,47 @@ enum MetadataFailure {
     /// Nobody answered: not a reason to stop looking.
     Unreachable(String),
     /// A metadata server answered but gave no token.
-    Broken(String),
+    Broken { url: String, reason: String },
 }
 
-fn from_metadata(http: &Http, host: &str) -> Result<String, MetadataFailure> {
-    let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
-    let resp = http
-        .get(&url, &[("Metadata-Flavor", "Google")])
-        .map_err(|e| MetadataFailure::Unreachable(e.to_string()))?;
-    if resp.status != 200 {
-        return Err(MetadataFailure::Broken(format!(
-            "{url} answered {}: {}",
-            resp.status,
-            first_line(&resp.body)
-        )));
-    }
-    token_from_response(&resp.body).map_err(MetadataFailure::Broken)
+const TOKEN_PATH: &str = "instance/service-accounts/default/token";
+const EMAIL_PATH: &str = "instance/service-accounts/default/email";
+
+/// The default service account's token and email, asked together. The client is the daemons'
+/// (`gce_metadata`): it picks 169.254.169.254 or [fd20:ce::254] by reachability, never uses a
+/// proxy and refuses an answer without `Metadata-Flavor: Google`.
+fn from_metadata(endpoint: &Endpoint) -> Result<AccessToken, MetadataFailure> {
+    let opts = ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        max_body: 64 * 1024,
+    };
+    let broken = |url: String, reason: String| MetadataFailure::Broken { url, reason };
+    let client = Client::for_endpoint(endpoint, opts)
+        .map_err(|e| broken(endpoint.to_string(), e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| broken(endpoint.to_string(), format!("cannot start a runtime: {e}")))?;
+    let (token, email) = rt
+        .block_on(async { tokio::join!(client.get_text(TOKEN_PATH), client.get_text(EMAIL_PATH)) });
+    let url = client.url(TOKEN_PATH);
+    let body = match token {
+        Ok(b) => b,
+        Err(e) if e.is_connection_level() => {
+            return Err(MetadataFailure::Unreachable(e.to_string()));
+        }
+        Err(e) => return Err(broken(url, e.to_string())),
+    };
+    let token = token_from_response(&body).map_err(|e| broken(url, e))?;
+    Ok(AccessToken {
+        token,
+        source: format!("metadata server {}", client.base_url()),
+        account: email
+            .ok()
+            .map(|e| e.trim().to_string())
+            .filter(|e| e.contains('@')),
+    })
 }
 
 fn from_gcloud(gcloud: &Path) -> Result<String, String> {
@@ -276,7 +305,9 @@ struct CredentialsFile {
     token_uri: String,
 }
 
-fn from_file(http: &Http, path: &Path) -> Result<String, String> {
+/// A token from a credentials file, and the account it belongs to when the file or the token
+/// endpoint says.
+fn from_file(http: &Http, path: &Path) -> Result<(String, Option<String>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| crate::gcloud::short_io(&e))?;
     let f: CredentialsFile =
         serde_json::from_str(&text).map_err(|e| format!("not a credentials JSON file: {e}"))?;
@@ -303,6 +334,7 @@ fn from_file(http: &Http, path: &Path) -> Result<String, String> {
                 &token_uri,
                 &[("grant_type", JWT_BEARER), ("assertion", &jwt)],
             )
+            .map(|t| (t.access_token, Some(f.client_email.clone())))
         }
         "authorized_user" => {
             if f.refresh_token.is_empty() || f.client_id.is_empty() {
@@ -318,6 +350,7 @@ fn from_file(http: &Http, path: &Path) -> Result<String, String> {
                     ("refresh_token", &f.refresh_token),
                 ],
             )
+            .map(|t| (t.access_token, t.id_token_email))
         }
         "" => Err("no \"type\" field".into()),
         other => Err(format!(
@@ -376,8 +409,15 @@ fn rsa_key(pem: &str) -> Result<ring::rsa::KeyPair, String> {
     parsed.map_err(|e| format!("private_key rejected: {e}"))
 }
 
+/// What a token endpoint answered.
+struct Exchanged {
+    access_token: String,
+    /// The `email` claim of the `id_token` that comes with it, if any (the grant had `openid`).
+    id_token_email: Option<String>,
+}
+
 /// POSTs an OAuth form to a token endpoint and returns its `access_token`.
-fn exchange(http: &Http, token_uri: &str, form: &[(&str, &str)]) -> Result<String, String> {
+fn exchange(http: &Http, token_uri: &str, form: &[(&str, &str)]) -> Result<Exchanged, String> {
     if !token_uri.starts_with("https://") {
         // A JWT or refresh token is a long-lived secret: never over plain HTTP.
         return Err(format!("token_uri {token_uri} is not https"));
@@ -400,7 +440,58 @@ fn exchange(http: &Http, token_uri: &str, form: &[(&str, &str)]) -> Result<Strin
             }
         ));
     }
-    token_from_response(&resp.body).map_err(|e| format!("{token_uri}: {e}"))
+    let access_token = token_from_response(&resp.body).map_err(|e| format!("{token_uri}: {e}"))?;
+    let id_token_email = serde_json::from_str::<serde_json::Value>(&resp.body)
+        .ok()
+        .and_then(|v| v.get("id_token")?.as_str().map(str::to_string))
+        .and_then(|t| id_token_email(&t));
+    Ok(Exchanged {
+        access_token,
+        id_token_email,
+    })
+}
+
+/// The `email` claim of an ID token. Its signature is not checked: it came straight from the
+/// token endpoint over verified TLS, which OpenID Connect accepts in place of the signature
+/// (Core §3.1.3.7), and it only names the account, it grants nothing.
+pub fn id_token_email(id_token: &str) -> Option<String> {
+    let payload = id_token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?)
+            .ok()?;
+    claims
+        .get("email")?
+        .as_str()
+        .filter(|e| e.contains('@'))
+        .map(str::to_string)
+}
+
+/// Asks Google's token info endpoint whose `token` is (POSTed, so the token stays out of URLs
+/// and logs); the answer carries `email` when the token has the email scope, as gcloud's tokens
+/// do.
+pub fn token_email(http: &Http, tokeninfo_url: &str, token: &str) -> Result<String, String> {
+    let resp = http
+        .post_form(tokeninfo_url, &[("access_token", token)])
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&resp.body).unwrap_or_default();
+    if resp.status != 200 {
+        let desc = v
+            .get("error_description")
+            .or_else(|| v.get("error"))
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| first_line(&resp.body).to_string());
+        return Err(format!("{tokeninfo_url} answered {}: {desc}", resp.status));
+    }
+    v.get("email")
+        .and_then(|e| e.as_str())
+        .filter(|e| e.contains('@'))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            format!(
+                "{tokeninfo_url} names no email for this token (it lacks the userinfo.email scope)"
+            )
+        })
 }
 
 fn token_from_response(body: &str) -> Result<String, String> {
@@ -436,7 +527,7 @@ mod tests {
             application_credentials: Some("/nonexistent".into()),
             ..Sources::default()
         };
-        let t = access_token(&https(), &https(), &s).unwrap();
+        let t = access_token(&https(), &s).unwrap();
         assert_eq!(t.token, "tok");
         assert_eq!(t.source, "--token");
     }
@@ -448,9 +539,7 @@ mod tests {
             dmi_product: Some("Standard PC (Q35 + ICH9, 2009)".into()),
             ..Sources::default()
         };
-        let e = access_token(&https(), &https(), &s)
-            .unwrap_err()
-            .to_string();
+        let e = access_token(&https(), &s).unwrap_err().to_string();
         let lines: Vec<&str> = e.lines().collect();
         assert_eq!(lines.len(), 6, "{e}");
         assert_eq!(lines[0], "no credentials for the Compute API; tried:");
@@ -493,9 +582,7 @@ mod tests {
                 gcloud: Some("/bin/false".into()),
                 ..Sources::default()
             };
-            let e = access_token(&https(), &https(), &s)
-                .unwrap_err()
-                .to_string();
+            let e = access_token(&https(), &s).unwrap_err().to_string();
             assert!(e.starts_with("GOOGLE_APPLICATION_CREDENTIALS="), "{e}");
             assert!(e.contains(want), "{text}: {e}");
         }
@@ -507,20 +594,59 @@ mod tests {
             dmi_product: Some("Google Compute Engine".into()),
             ..Sources::default()
         };
-        assert_eq!(
-            metadata_hosts(&on_gce).unwrap(),
-            ["169.254.169.254", "[fd20:ce::254]"]
-        );
+        assert_eq!(metadata_endpoint(&on_gce).unwrap(), Endpoint::gce());
         let named = Sources {
             metadata_host: Some("127.0.0.1:8080".into()),
             ..Sources::default()
         };
-        assert_eq!(metadata_hosts(&named).unwrap(), ["127.0.0.1:8080"]);
+        assert_eq!(
+            metadata_endpoint(&named).unwrap(),
+            Endpoint::Fixed("http://127.0.0.1:8080/computeMetadata/v1/".into())
+        );
+        let v6 = Sources {
+            metadata_host: Some("[fd20:ce::254]".into()),
+            ..Sources::default()
+        };
+        assert_eq!(
+            metadata_endpoint(&v6).unwrap(),
+            Endpoint::Fixed("http://[fd20:ce::254]/computeMetadata/v1/".into())
+        );
         let off = Sources {
             metadata_host: Some("127.0.0.1:8080".into()),
             no_gce_check: true,
             ..Sources::default()
         };
-        assert!(metadata_hosts(&off).unwrap_err().contains("NO_GCE_CHECK"));
+        assert!(
+            metadata_endpoint(&off)
+                .unwrap_err()
+                .contains("NO_GCE_CHECK")
+        );
+    }
+
+    fn jwt(claims: &serde_json::Value) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn an_id_token_names_its_account_by_the_email_claim() {
+        let rows = [
+            (
+                jwt(
+                    &serde_json::json!({"iss":"https://accounts.google.com","email":"dev@example.com","email_verified":true}),
+                ),
+                Some("dev@example.com"),
+            ),
+            (jwt(&serde_json::json!({"sub":"1234"})), None),
+            (jwt(&serde_json::json!({"email":"not-an-email"})), None),
+            ("not.a-jwt".to_string(), None),
+            (String::new(), None),
+        ];
+        for (token, want) in rows {
+            assert_eq!(id_token_email(&token).as_deref(), want, "{token}");
+        }
     }
 }

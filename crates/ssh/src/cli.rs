@@ -1,12 +1,16 @@
 //! The command line: `gce-ssh [USER@]INSTANCE [--zone Z] [--project P] [-- CMD…]`, shaped like
 //! `gcloud compute ssh`, plus the flags scripts and tests already use (`--endpoint`, `--user`,
-//! `--instance`, `--host`, `--port`, `--ttl`, `--timings`, `--push-only`).
+//! `--instance`, `--host`, `--port`, `--ttl`, `--timings`, `--push-only`), and the OS Login
+//! switches (`--oslogin`, `--no-oslogin`, `--account`).
 
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub const COMPUTE_API: &str = "https://compute.googleapis.com";
+
+/// Why a metadata-key push cannot go ahead without a user.
+pub const NO_USER: &str = "no user name: give USER@INSTANCE or --user";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -16,7 +20,11 @@ pub const COMPUTE_API: &str = "https://compute.googleapis.com";
     after_help = "Credentials (real API), first found wins: --token/GCE_ACCESS_TOKEN, \
 GOOGLE_APPLICATION_CREDENTIALS, gcloud's application default credentials, the metadata server \
 (on a GCE VM), `gcloud auth print-access-token`. Project and zone: flags, then \
-CLOUDSDK_CORE_PROJECT/CLOUDSDK_COMPUTE_ZONE, then gcloud's active configuration."
+CLOUDSDK_CORE_PROJECT/CLOUDSDK_COMPUTE_ZONE, then gcloud's active configuration. \
+OS Login (instance or project metadata enable-oslogin, or --oslogin): the key is imported into \
+the account's OS Login profile and the login is as its POSIX user; the account is --account, \
+else the one the credentials belong to (a service account key's client_email, an authorized \
+user's ID token, the VM's service account, gcloud's account), else Google's token info."
 )]
 pub struct Args {
     /// `[USER@]INSTANCE`: the instance name (or id), optionally with the remote user.
@@ -72,6 +80,24 @@ pub struct Args {
     /// gcloud; against the emulator, a file that lives only as long as the key).
     #[arg(long, env = "GCE_SSH_KNOWN_HOSTS")]
     pub known_hosts_file: Option<PathBuf>,
+    /// Use OS Login whatever the metadata says: import the key through the OS Login API and log
+    /// in as the profile's POSIX user.
+    #[arg(long, conflicts_with = "no_oslogin")]
+    pub oslogin: bool,
+    /// Push the key to instance metadata even where OS Login is on.
+    #[arg(long)]
+    pub no_oslogin: bool,
+    /// The OS Login account (an email) whose profile receives the key (default: the account of
+    /// the credentials). Env: GCE_SSH_ACCOUNT.
+    #[arg(long, env = "GCE_SSH_ACCOUNT")]
+    pub account: Option<String>,
+    /// OS Login API root (default: https://oslogin.googleapis.com; the emulator's own endpoint
+    /// when --endpoint is the emulator). Env: GCE_SSH_OSLOGIN_ENDPOINT.
+    #[arg(long, env = "GCE_SSH_OSLOGIN_ENDPOINT")]
+    pub oslogin_endpoint: Option<String>,
+    /// Google's token info endpoint, asked whose a token is when nothing else says.
+    #[arg(long, hide = true, default_value = crate::auth::GOOGLE_TOKENINFO_URI)]
+    pub tokeninfo_url: String,
     /// Remote command, as gcloud's `--command` (same as after `--`).
     #[arg(long, conflicts_with = "command")]
     pub remote_command: Option<String>,
@@ -86,11 +112,36 @@ impl Args {
         self.endpoint.starts_with("http://")
     }
 
-    /// `(user, instance)` from the positional target and the flags; they must agree.
+    /// `--oslogin` / `--no-oslogin`, or `None` to follow the metadata.
+    pub fn oslogin_override(&self) -> Option<bool> {
+        match (self.oslogin, self.no_oslogin) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The OS Login API root.
+    pub fn oslogin_api(&self) -> String {
+        match &self.oslogin_endpoint {
+            Some(e) => e.clone(),
+            None if self.is_emulator() => self.endpoint.clone(),
+            None => crate::oslogin::OSLOGIN_API.to_string(),
+        }
+    }
+
+    /// Whether a remote user was named (`USER@` or `--user`), rather than taken from `$USER`.
+    pub fn user_given(&self) -> bool {
+        self.user.is_some() || self.target.as_deref().is_some_and(|t| t.contains('@'))
+    }
+
+    /// `(user, instance)` from the positional target and the flags; they must agree. No user at
+    /// all is `None` here: OS Login needs none (its profile names the user), metadata keys do
+    /// ([`NO_USER`]).
     pub fn user_and_instance(
         &self,
         env_user: Option<String>,
-    ) -> Result<(String, Option<String>), String> {
+    ) -> Result<(Option<String>, Option<String>), String> {
         let (t_user, t_instance) = match &self.target {
             Some(t) => match t.split_once('@') {
                 Some((u, i)) => (Some(u.to_string()), Some(i.to_string())),
@@ -105,12 +156,11 @@ impl Args {
             (Some(a), _) => Some(a),
             (None, b) => b.clone(),
         };
-        let user = match user.or(env_user) {
-            Some(u) if !u.is_empty() => u,
-            _ => return Err("no user name: give USER@INSTANCE or --user".into()),
-        };
-        if user.is_empty() || user.contains(|c: char| c == ':' || c.is_whitespace()) {
-            return Err(format!("bad user name {user:?}"));
+        let user = user.or(env_user.filter(|u| !u.is_empty()));
+        if let Some(u) = &user
+            && (u.is_empty() || u.contains(|c: char| c == ':' || c.is_whitespace()))
+        {
+            return Err(format!("bad user name {u:?}"));
         }
         let instance = match (t_instance, &self.instance) {
             (Some(a), Some(b)) if &a != b => {
@@ -165,32 +215,33 @@ mod tests {
         type Row<'a> = (
             &'a [&'a str],
             Option<&'a str>,
-            Result<(&'a str, Option<&'a str>), &'a str>,
+            Result<(Option<&'a str>, Option<&'a str>), &'a str>,
         );
         let rows: [Row; 9] = [
-            (&["vm0"], Some("me"), Ok(("me", Some("vm0")))),
-            (&["alice@vm0"], Some("me"), Ok(("alice", Some("vm0")))),
+            (&["vm0"], Some("me"), Ok((Some("me"), Some("vm0")))),
+            (&["alice@vm0"], Some("me"), Ok((Some("alice"), Some("vm0")))),
             (
                 &["alice@vm0", "--user", "alice"],
                 None,
-                Ok(("alice", Some("vm0"))),
+                Ok((Some("alice"), Some("vm0"))),
             ),
             (&["alice@vm0", "--user", "bob"], None, Err("differ")),
-            (&["--user", "frank"], Some("me"), Ok(("frank", None))),
+            (&["--user", "frank"], Some("me"), Ok((Some("frank"), None))),
             (
                 &["--instance", "vm1", "--user", "u"],
                 None,
-                Ok(("u", Some("vm1"))),
+                Ok((Some("u"), Some("vm1"))),
             ),
             (&["vm0", "--instance", "vm1"], Some("me"), Err("differ")),
-            (&["vm0"], None, Err("no user name")),
+            // No user anywhere: decided later (OS Login needs none).
+            (&["vm0"], None, Ok((None, Some("vm0")))),
             (&["a:b@vm0"], None, Err("bad user name")),
         ];
         for (argv, env_user, want) in rows {
             let got = parse(argv).user_and_instance(env_user.map(str::to_string));
             match (got, want) {
                 (Ok((u, i)), Ok((wu, wi))) => {
-                    assert_eq!((u.as_str(), i.as_deref()), (wu, wi), "{argv:?}")
+                    assert_eq!((u.as_deref(), i.as_deref()), (wu, wi), "{argv:?}")
                 }
                 (Err(e), Err(w)) => assert!(e.contains(w), "{argv:?}: {e}"),
                 (got, want) => panic!("{argv:?}: got {got:?}, want {want:?}"),
@@ -235,7 +286,25 @@ mod tests {
         assert_eq!(real.endpoint, COMPUTE_API);
         assert!(!real.is_emulator());
         assert_eq!(real.remote(), ["uname", "-a"]);
+        assert_eq!(real.oslogin_api(), "https://oslogin.googleapis.com");
+        assert!(real.user_given() && !parse(&["vm0"]).user_given());
         assert!(Args::try_parse_from(["gce-ssh", "vm0", "--host", "h", "--internal-ip"]).is_err());
+    }
+
+    #[test]
+    fn oslogin_flags_override_the_metadata_and_exclude_each_other() {
+        assert_eq!(parse(&["vm0"]).oslogin_override(), None);
+        assert_eq!(parse(&["vm0", "--oslogin"]).oslogin_override(), Some(true));
+        assert_eq!(
+            parse(&["vm0", "--no-oslogin"]).oslogin_override(),
+            Some(false)
+        );
+        assert!(Args::try_parse_from(["gce-ssh", "vm0", "--oslogin", "--no-oslogin"]).is_err());
+        let emu = parse(&["--endpoint", "http://127.0.0.1:8080", "--account", "a@b.c"]);
+        assert_eq!(emu.oslogin_api(), "http://127.0.0.1:8080");
+        assert_eq!(emu.account.as_deref(), Some("a@b.c"));
+        let own = parse(&["vm0", "--oslogin-endpoint", "https://127.0.0.1:9/"]);
+        assert_eq!(own.oslogin_api(), "https://127.0.0.1:9/");
     }
 
     #[test]

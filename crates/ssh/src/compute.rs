@@ -1,5 +1,5 @@
 //! A small client for the Compute API paths `gce-ssh` needs: `instances.get` (id, addresses,
-//! metadata), `instances.setMetadata` guarded by the fingerprint (retrying on 412
+//! metadata), `projects.get` (common instance metadata), `instances.setMetadata` guarded by the fingerprint (retrying on 412
 //! conditionNotMet), and `instances.getGuestAttributes`. The same paths serve the emulator
 //! (`http://…`, no token needed) and the real API (`https://compute.googleapis.com`, bearer
 //! token).
@@ -184,6 +184,23 @@ impl<'h> Compute<'h> {
             ),
         })?;
         InstanceInfo::from_json(&v).map_err(|reason| ComputeError::Decode { url, reason })
+    }
+
+    /// `projects.get`: the project's common instance metadata.
+    pub fn get_project_metadata(&self, project: &str) -> Result<Metadata, ComputeError> {
+        let url = format!("{}/compute/v1/projects/{project}", self.endpoint);
+        let v = self.get_json(&url)?.ok_or_else(|| ComputeError::Status {
+            url: url.clone(),
+            status: 404,
+            message: format!("project {project} not found"),
+        })?;
+        match v.get("commonInstanceMetadata") {
+            Some(md) => serde_json::from_value(md.clone()).map_err(|e| ComputeError::Decode {
+                url,
+                reason: e.to_string(),
+            }),
+            None => Ok(Metadata::default()),
+        }
     }
 
     /// Read-modify-write of the instance metadata: `edit` is applied to `current` first, then

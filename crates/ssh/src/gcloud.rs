@@ -1,8 +1,9 @@
 //! What a user's gcloud installation already knows: its configuration directory
 //! (`CLOUDSDK_CONFIG`, else `~/.config/gcloud`), the active configuration
 //! (`CLOUDSDK_ACTIVE_CONFIG_NAME`, else the `active_config` file, else `default`) and the
-//! `[core] project` / `[compute] zone` properties in `configurations/config_<name>`, with
-//! `CLOUDSDK_CORE_PROJECT` / `CLOUDSDK_COMPUTE_ZONE` in front, as gcloud itself resolves them.
+//! `[core] project` / `[compute] zone` / `[core] account` properties in
+//! `configurations/config_<name>`, with `CLOUDSDK_CORE_PROJECT` / `CLOUDSDK_COMPUTE_ZONE` /
+//! `CLOUDSDK_CORE_ACCOUNT` in front, as gcloud itself resolves them.
 //!
 //! Reading is split from the environment: [`Env`] carries the variables and home directory so
 //! the rules are testable without touching the process environment.
@@ -17,6 +18,7 @@ pub struct Env {
     pub active_config_name: Option<String>,
     pub core_project: Option<String>,
     pub compute_zone: Option<String>,
+    pub core_account: Option<String>,
 }
 
 impl Env {
@@ -30,6 +32,7 @@ impl Env {
             active_config_name: var("CLOUDSDK_ACTIVE_CONFIG_NAME"),
             core_project: var("CLOUDSDK_CORE_PROJECT"),
             compute_zone: var("CLOUDSDK_COMPUTE_ZONE"),
+            core_account: var("CLOUDSDK_CORE_ACCOUNT"),
         }
     }
 
@@ -149,6 +152,17 @@ pub fn project(env: &Env) -> Result<Found, Vec<String>> {
     )
 }
 
+/// gcloud's active account: whose token `gcloud auth print-access-token` prints.
+pub fn account(env: &Env) -> Result<Found, Vec<String>> {
+    property(
+        env,
+        "CLOUDSDK_CORE_ACCOUNT",
+        env.core_account.as_ref(),
+        "core",
+        "account",
+    )
+}
+
 /// The zone, as a bare name (gcloud accepts a zone URL there too).
 pub fn zone(env: &Env) -> Result<Found, Vec<String>> {
     property(
@@ -250,6 +264,7 @@ mod tests {
         };
         assert_eq!(project(&env).unwrap().value, "work-proj");
         assert_eq!(zone(&env).unwrap().value, "us-east1-c");
+        assert!(account(&env).is_err(), "no [core] account in work");
         env.active_config_name = Some("default".into());
         assert_eq!(project(&env).unwrap().value, "dflt");
         let tried = zone(&env).unwrap_err();
@@ -263,6 +278,8 @@ mod tests {
         env.compute_zone = Some("projects/p/zones/asia-east1-a".into());
         assert_eq!(project(&env).unwrap().from, "CLOUDSDK_CORE_PROJECT");
         assert_eq!(zone(&env).unwrap().value, "asia-east1-a");
+        env.core_account = Some("dev@example.com".into());
+        assert_eq!(account(&env).unwrap().value, "dev@example.com");
     }
 
     #[test]

@@ -12,9 +12,8 @@
 //! Proxies: `https` requests honour `HTTPS_PROXY`/`NO_PROXY` as gcloud does on a workstation;
 //! plain-HTTP requests (the emulator, the metadata server) never go through a proxy.
 
-use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
@@ -56,7 +55,9 @@ pub struct Trust {
 pub struct Http {
     trust: Trust,
     plain: ureq::Agent,
-    tls: OnceCell<(ureq::Agent, String)>,
+    tls: OnceLock<(ureq::Agent, String)>,
+    /// Held while the roots are loaded, so parallel first requests load them once.
+    tls_init: Mutex<()>,
     timeout: Duration,
 }
 
@@ -74,7 +75,8 @@ impl Http {
         Http {
             trust,
             plain,
-            tls: OnceCell::new(),
+            tls: OnceLock::new(),
+            tls_init: Mutex::new(()),
             timeout,
         }
     }
@@ -83,6 +85,10 @@ impl Http {
         if !url.starts_with("https://") {
             return Ok((&self.plain, None));
         }
+        let _loading = match self.tls.get() {
+            Some(_) => None,
+            None => Some(self.tls_init.lock().unwrap_or_else(|e| e.into_inner())),
+        };
         if self.tls.get().is_none() {
             let (certs, described) = load_roots(&self.trust)?;
             let tls = TlsConfig::builder()
@@ -116,6 +122,16 @@ impl Http {
             req = req.header(*k, *v);
         }
         finish("GET", url, roots, req.call())
+    }
+
+    /// DELETE with extra headers.
+    pub fn delete(&self, url: &str, headers: &[(&str, &str)]) -> Result<Response, HttpError> {
+        let (agent, roots) = self.agent(url)?;
+        let mut req = agent.delete(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        finish("DELETE", url, roots, req.call())
     }
 
     /// POST a body of `content_type` with extra headers.

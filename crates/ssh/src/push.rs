@@ -1,7 +1,8 @@
 //! How a key reaches the instance. [`KeyPusher`] is the seam between "push through instance
-//! metadata" (this file: `ssh-keys` with a `google-ssh` expiry, then the guest's ready marker)
-//! and, later, "import through the OS Login API and log in as the profile's POSIX user": both
-//! take the same request and answer with the user to log in as and how to know the key works.
+//! metadata" (`ssh-keys` with a `google-ssh` expiry, then the guest's ready marker) and "import
+//! through the OS Login API and log in as the profile's POSIX user": both take the same request
+//! and answer with the user to log in as, how to know the key works, and what to tidy up once
+//! the session is over.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,15 @@ use gce_metadata::ready;
 
 use crate::compute::{Compute, ComputeError, Instance, Metadata, items_of};
 use crate::keyline;
+use crate::oslogin::{self, OsLoginApi, OsLoginError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Compute(#[from] ComputeError),
+    #[error(transparent)]
+    OsLogin(#[from] OsLoginError),
+}
 
 /// A key to make usable for login.
 #[derive(Debug, Clone)]
@@ -30,6 +40,8 @@ pub struct Pushed {
     pub login_user: String,
     /// For `--timings`: what happened, in a few words.
     pub detail: String,
+    /// What to remove once the session is over (OS Login key fingerprints).
+    pub remove_after: Vec<String>,
 }
 
 /// Whether the guest confirmed that login will work.
@@ -42,12 +54,20 @@ pub enum Usable {
     Unknown,
     /// The guest publishes confirmations but did not list this key in time.
     TimedOut,
+    /// Nothing to wait for: the guest reads the key from the API at login (OS Login).
+    Effective,
 }
 
 pub trait KeyPusher {
-    fn push(&self, req: &PushRequest) -> Result<Pushed, ComputeError>;
+    fn push(&self, req: &PushRequest) -> Result<Pushed, PushError>;
     /// Waits until the key is usable or `deadline`.
     fn wait_usable(&self, req: &PushRequest, pushed: &Pushed, deadline: Instant) -> Usable;
+    /// After the session: removes what [`Pushed::remove_after`] lists. Metadata keys are left
+    /// to their expiry (the next push drops them), as gcloud does.
+    fn cleanup(&self, pushed: &Pushed) -> Result<(), PushError> {
+        let _ = pushed;
+        Ok(())
+    }
 }
 
 /// Pushes into the instance's `ssh-keys` metadata (read-modify-write on the fingerprint),
@@ -60,7 +80,7 @@ pub struct MetadataPusher<'a> {
 }
 
 impl KeyPusher for MetadataPusher<'_> {
-    fn push(&self, req: &PushRequest) -> Result<Pushed, ComputeError> {
+    fn push(&self, req: &PushRequest) -> Result<Pushed, PushError> {
         let line = keyline::expiring_line(&req.user, &req.public_key, req.expire_on);
         let attempts = self
             .compute
@@ -74,6 +94,7 @@ impl KeyPusher for MetadataPusher<'_> {
         Ok(Pushed {
             login_user: req.user.clone(),
             detail: format!("instance metadata ssh-keys, setMetadata attempts: {attempts}"),
+            remove_after: Vec::new(),
         })
     }
 
@@ -110,6 +131,75 @@ impl KeyPusher for MetadataPusher<'_> {
                 return Usable::TimedOut;
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Imports the key into the account's OS Login profile with the key's expiry; the login is as
+/// the profile's POSIX user for the project. The key works at once: the guest's OS Login module
+/// asks the metadata server for the user's keys at every login. After the session the key is
+/// deleted (it only ever lived for that session, and a profile is capped at 32 KiB; gcloud
+/// leaves its keys to their expiry), and so are expired keys of earlier gce-ssh runs the answer
+/// lists.
+pub struct OsLoginPusher<'a> {
+    pub api: &'a OsLoginApi<'a>,
+    pub email: String,
+    pub project: String,
+}
+
+fn usec(t: chrono::DateTime<chrono::Utc>) -> u64 {
+    t.timestamp_micros().max(0) as u64
+}
+
+impl KeyPusher for OsLoginPusher<'_> {
+    fn push(&self, req: &PushRequest) -> Result<Pushed, PushError> {
+        let profile = self.api.import_key(
+            &self.email,
+            &self.project,
+            &req.public_key,
+            usec(req.expire_on),
+        )?;
+        let login_user = oslogin::login_user(&profile, &self.email, &self.project)?;
+        // The answer's own fingerprint; OS Login's rule (hex SHA-256 of the blob) if it lists
+        // none for the key.
+        let mut remove_after: Vec<String> = profile
+            .fingerprint_of(&req.public_key)
+            .map(str::to_string)
+            .or_else(|| oslogin::key_fingerprint(&req.public_key))
+            .into_iter()
+            .collect();
+        let stale = profile.stale_keys(usec(chrono::Utc::now()));
+        let detail = format!(
+            "OS Login profile of {}, POSIX user {login_user}{}",
+            self.email,
+            if stale.is_empty() {
+                String::new()
+            } else {
+                format!(", {} expired gce-ssh key(s) to remove", stale.len())
+            }
+        );
+        remove_after.extend(stale);
+        Ok(Pushed {
+            login_user,
+            detail,
+            remove_after,
+        })
+    }
+
+    fn wait_usable(&self, _req: &PushRequest, _pushed: &Pushed, _deadline: Instant) -> Usable {
+        Usable::Effective
+    }
+
+    fn cleanup(&self, pushed: &Pushed) -> Result<(), PushError> {
+        let mut first = None;
+        for fp in &pushed.remove_after {
+            if let Err(e) = self.api.delete_key(&self.email, fp) {
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
         }
     }
 }

@@ -15,7 +15,8 @@ use crate::compute::{Compute, Instance, InstanceInfo};
 use crate::gcloud;
 use crate::hostkeys::{self, HostKey};
 use crate::http::{Http, Trust};
-use crate::push::{KeyPusher, MetadataPusher, PushRequest, Usable};
+use crate::oslogin::{Detected, OsLoginApi};
+use crate::push::{KeyPusher, MetadataPusher, OsLoginPusher, PushRequest, Usable};
 use crate::tool;
 
 /// Prints the time each step took (`--timings`).
@@ -213,18 +214,20 @@ fn known_hosts_file(args: &Args, env: &gcloud::Env, key_dir: &Path) -> anyhow::R
         .context("HOME is not set: pass --known-hosts-file for pinned host keys")
 }
 
-/// The ssh options for the key and the pinned host keys.
+/// The ssh options for the key and the pinned host keys; `batch` forbids prompts (off only where
+/// OS Login asks for a second factor).
 fn ssh_options(
     key: &Path,
     known_hosts: &Path,
     alias: &str,
     strict: bool,
     port: u16,
+    batch: bool,
 ) -> Vec<String> {
     let mut v = vec!["-i".to_string(), key.display().to_string()];
     for o in [
         "IdentitiesOnly=yes".to_string(),
-        "BatchMode=yes".to_string(),
+        format!("BatchMode={}", if batch { "yes" } else { "no" }),
         format!("HostKeyAlias={alias}"),
         format!("UserKnownHostsFile={}", known_hosts.display()),
         format!(
@@ -254,6 +257,66 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// Whose OS Login profile receives the key: `--account`, else the account the credentials
+/// belong to, else Google's token info endpoint. `(email, where it came from)`.
+fn oslogin_account(
+    args: &Args,
+    credentials: Option<&auth::AccessToken>,
+    http: &Http,
+) -> anyhow::Result<(String, String)> {
+    if let Some(a) = args
+        .account
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        return Ok((a.to_string(), "--account".into()));
+    }
+    let Some(creds) = credentials else {
+        bail!(
+            "OS Login needs the account whose profile receives the key: pass --account EMAIL \
+             (the emulator takes no credentials to tell it)"
+        );
+    };
+    if let Some(a) = &creds.account {
+        return Ok((a.clone(), creds.source.clone()));
+    }
+    match auth::token_email(http, &args.tokeninfo_url, &creds.token) {
+        Ok(a) => Ok((a, format!("token info for the token from {}", creds.source))),
+        Err(e) => bail!(
+            "OS Login needs the account whose profile receives the key, and the credentials \
+             ({}) do not say: {e}; pass --account EMAIL",
+            creds.source
+        ),
+    }
+}
+
+/// What to tell the user when sshd refuses the login.
+fn refusal_hint(
+    oslogin_on: bool,
+    detected_on: bool,
+    login_user: &str,
+    email: Option<&str>,
+) -> Option<String> {
+    if oslogin_on {
+        Some(format!(
+            "sshd refused OS Login user {login_user} (account {}). The account needs \
+             roles/compute.osLogin (roles/compute.osAdminLogin for sudo) on the instance or its \
+             project, and the instance needs Google's OS Login package \
+             (google-compute-engine-oslogin).",
+            email.unwrap_or("?")
+        ))
+    } else if detected_on {
+        Some(
+            "sshd refused the key: OS Login is on for this instance, and its guest does not \
+             accept keys from metadata; run without --no-oslogin."
+                .to_string(),
+        )
+    } else {
+        None
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut t = Timer {
         on: args.timings,
@@ -272,36 +335,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
 
     // Credentials: the real API needs a token; the emulator takes one only when given.
-    let token = if args.is_emulator() {
-        args.token.clone().filter(|t| !t.is_empty())
+    let credentials = if args.is_emulator() {
+        None
     } else {
-        let metadata_http = Http::new(Trust::default(), Duration::from_secs(3));
         let sources = auth::Sources::from_process(args.token.clone(), &env);
-        let tok = auth::access_token(&http, &metadata_http, &sources)?;
+        let tok = auth::access_token(&http, &sources)?;
         t.step(&format!("access token from {}", tok.source));
-        Some(tok.token)
+        Some(tok)
     };
-    let compute = Compute::new(&http, &args.endpoint, token);
+    let token = match &credentials {
+        Some(c) => Some(c.token.clone()),
+        None => args.token.clone().filter(|t| !t.is_empty()),
+    };
+    let compute = Compute::new(&http, &args.endpoint, token.clone());
     let instance = resolve_instance(&args, &http, name, &env)?;
     let key_dir = KeyDir::create()?;
 
-    // The key is generated while the instance and its host keys are read.
-    let (key, info, published) = std::thread::scope(|s| {
+    // Everything that needs no answer from another is asked at once: the key is generated while
+    // the instance, its host keys and the project's metadata (OS Login may be on there) are read.
+    let (key, info, published, project_md) = std::thread::scope(|s| {
         let keygen = s.spawn(|| generate_key(&key_dir.path));
+        let hostkeys = s.spawn(|| compute.guest_attributes(&instance, "hostkeys/"));
+        let project = s.spawn(|| compute.get_project_metadata(&instance.project));
         let info = compute
             .get_instance(&instance)
             .context("reading the instance (instances.get)");
-        let published = info.as_ref().ok().map(|_| {
-            compute
-                .guest_attributes(&instance, "hostkeys/")
-                .context("reading the instance's host keys (getGuestAttributes hostkeys/)")
-        });
-        let key = keygen.join().expect("key generation thread");
-        (key, info, published)
+        let join = "a reading thread";
+        let published = hostkeys
+            .join()
+            .expect(join)
+            .context("reading the instance's host keys (getGuestAttributes hostkeys/)");
+        let project = project.join().expect(join);
+        let key = keygen.join().expect(join);
+        (key, info, published, project)
     });
     let key = key?;
     let info = info?;
-    let (published, skipped) = match published.expect("read when the instance was") {
+    let (published, skipped) = match published {
         Ok(Some(answer)) => hostkeys::from_guest_attributes(&answer),
         Ok(None) => (Vec::new(), Vec::new()),
         Err(e) => {
@@ -318,6 +388,50 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         info.id,
         published.len()
     ));
+
+    // OS Login: the instance's metadata, else the project's, unless a flag decides.
+    let project_md = match project_md {
+        Ok(md) => Some(md),
+        Err(e) => {
+            if args.oslogin_override().is_none() && !Detected::instance_decides(&info.metadata) {
+                eprintln!(
+                    "gce-ssh: warning: cannot read project {}'s metadata, so whether it turns \
+                     OS Login on is unknown; following the instance's metadata (use --oslogin \
+                     if the project turns it on): {e}",
+                    instance.project
+                );
+            }
+            None
+        }
+    };
+    let detected = Detected::from_metadata(&info.metadata, project_md.as_ref());
+    let oslogin_on = args.oslogin_override().unwrap_or(detected.enabled);
+    let account = if oslogin_on {
+        let (email, from) = oslogin_account(&args, credentials.as_ref(), &http)?;
+        t.step(&format!(
+            "OS Login {}: account {email} (from {from})",
+            match args.oslogin_override() {
+                Some(true) => "forced by --oslogin",
+                _ => "on in metadata",
+            }
+        ));
+        if detected.security_key {
+            eprintln!(
+                "gce-ssh: warning: enable-oslogin-sk is on: the instance accepts only security \
+                 keys, and gce-ssh's ephemeral key is not one"
+            );
+        }
+        Some(email)
+    } else {
+        if detected.enabled {
+            eprintln!(
+                "gce-ssh: warning: OS Login is on for instance {} but --no-oslogin pushes the key \
+                 to instance metadata, which its guest ignores",
+                info.name
+            );
+        }
+        None
+    };
 
     // Pinning: decided before anything is pushed, so a refused host key changes nothing.
     let alias = hostkeys::alias(&info.id);
@@ -344,18 +458,41 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let host = ssh_host(&args, &info, &instance)?;
 
+    let user = match (&user, &account) {
+        (Some(u), _) => u.clone(),
+        // OS Login names the user itself.
+        (None, Some(_)) => String::new(),
+        (None, None) => bail!(crate::cli::NO_USER),
+    };
     let request = PushRequest {
         user: user.clone(),
         public_key: key.public.clone(),
         fingerprint: key.fingerprint.clone(),
         expire_on: chrono::Utc::now() + chrono::Duration::from_std(args.ttl)?,
     };
-    let pusher = MetadataPusher {
-        compute: &compute,
-        instance: &instance,
-        current: info.metadata.clone(),
+    let oslogin_api = OsLoginApi::new(&http, &args.oslogin_api(), token.clone());
+    let pusher: Box<dyn KeyPusher + '_> = match &account {
+        Some(email) => Box::new(OsLoginPusher {
+            api: &oslogin_api,
+            email: email.clone(),
+            project: instance.project.clone(),
+        }),
+        None => Box::new(MetadataPusher {
+            compute: &compute,
+            instance: &instance,
+            current: info.metadata.clone(),
+        }),
     };
-    let pushed = pusher.push(&request).context("pushing the key")?;
+    let pushed = pusher.push(&request).with_context(|| match &account {
+        Some(email) => format!("importing the key into the OS Login profile of {email}"),
+        None => "pushing the key".to_string(),
+    })?;
+    if account.is_some() && args.user_given() && pushed.login_user != user {
+        eprintln!(
+            "gce-ssh: using OS Login user {} instead of the requested user {user}",
+            pushed.login_user
+        );
+    }
     if !plan.add.is_empty() {
         hostkeys::write(
             &known_hosts,
@@ -388,11 +525,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let options = ssh_options(&key.path, &known_hosts, &alias, plan.strict, args.port);
+    // OS Login's 2-step verification asks for a second factor: ssh must be allowed to prompt.
+    let interactive = account.is_some() && detected.two_factor;
+    if interactive {
+        eprintln!(
+            "gce-ssh: OS Login 2-step verification is on: ssh will ask for the second factor"
+        );
+    }
+    let options = ssh_options(
+        &key.path,
+        &known_hosts,
+        &alias,
+        plan.strict,
+        args.port,
+        !interactive,
+    );
     let destination = format!("{}@{host}", pushed.login_user);
     let deadline = Instant::now() + args.ready_timeout;
     match pusher.wait_usable(&request, &pushed, deadline) {
         Usable::Confirmed => t.step("guest confirmed the key"),
+        Usable::Effective => {}
         Usable::TimedOut => eprintln!(
             "gce-ssh: the guest did not confirm the key within {:?}; trying ssh anyway",
             args.ready_timeout
@@ -417,7 +569,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         key_dir.keep = true;
         let quoted: Vec<String> = options.iter().map(|o| shell_quote(o)).collect();
         eprintln!(
-            "gce-ssh: key kept; known hosts {}, alias {alias}; log in with:\n  ssh {} {}",
+            "gce-ssh: key kept{}; known hosts {}, alias {alias}; log in with:\n  ssh {} {}",
+            match &account {
+                Some(email) => format!(
+                    " (in the OS Login profile of {email} until {})",
+                    request.expire_on.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+                None => String::new(),
+            },
             known_hosts.display(),
             quoted.join(" "),
             shell_quote(&destination)
@@ -426,22 +585,81 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let status = Command::new("ssh")
-        .args(&options)
-        .args(&args.ssh_flags)
-        .arg(&destination)
-        .args(args.remote())
-        .status()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                anyhow::anyhow!("ssh not found: install openssh-client")
-            }
-            _ => anyhow::anyhow!("cannot run ssh: {e}"),
-        })?;
+    let hint = refusal_hint(
+        account.is_some(),
+        detected.enabled,
+        &pushed.login_user,
+        account.as_deref(),
+    );
+    let status = run_ssh(
+        &options,
+        &args.ssh_flags,
+        &destination,
+        &args.remote(),
+        hint.as_deref(),
+    )?;
     t.step("ssh finished");
-    Ok(ExitCode::from(
-        status.code().unwrap_or(255).clamp(0, 255) as u8
-    ))
+    if let Err(e) = pusher.cleanup(&pushed) {
+        eprintln!(
+            "gce-ssh: warning: could not remove the session's key (it expires at {}): {e}",
+            request.expire_on.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+    } else if !pushed.remove_after.is_empty() {
+        t.step("session key removed from the OS Login profile");
+    }
+    Ok(ExitCode::from(status))
+}
+
+/// Runs the session's ssh; its exit status. With a `hint`, ssh's own error output is passed
+/// through as it comes and watched, and a refused authentication gets the hint after it.
+fn run_ssh(
+    options: &[String],
+    flags: &[String],
+    destination: &str,
+    remote: &[String],
+    hint: Option<&str>,
+) -> anyhow::Result<u8> {
+    let mut cmd = Command::new("ssh");
+    cmd.args(options).args(flags).arg(destination);
+    if !remote.is_empty() {
+        // After `--`, a command starting with `-` is not read as an option of ssh's.
+        cmd.arg("--").args(remote);
+    }
+    if hint.is_some() {
+        cmd.stderr(Stdio::piped());
+    }
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("ssh not found: install openssh-client"),
+        _ => anyhow::anyhow!("cannot run ssh: {e}"),
+    })?;
+    let refused = child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut seen = false;
+            let mut tail = Vec::<u8>::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let _ = std::io::stderr().write_all(&buf[..n]);
+                tail.extend_from_slice(&buf[..n]);
+                seen |= tail.windows(18).any(|w| w == b"Permission denied ");
+                let keep = tail.len().saturating_sub(32);
+                tail.drain(..keep);
+            }
+            seen
+        })
+    });
+    let status = child
+        .wait()
+        .map_err(|e| anyhow::anyhow!("waiting for ssh: {e}"))?;
+    let code = status.code().unwrap_or(255).clamp(0, 255) as u8;
+    let refused = refused.and_then(|h| h.join().ok()).unwrap_or(false);
+    if let (true, 255, Some(h)) = (refused, code, hint) {
+        eprintln!("gce-ssh: {h}");
+    }
+    Ok(code)
 }
 
 /// Tries `ssh … true` until it logs in or `deadline` (gcloud's key-propagation wait, for guests
@@ -486,6 +704,7 @@ mod tests {
             "compute.7",
             true,
             22,
+            true,
         );
         let joined = o.join(" ");
         for want in [
@@ -494,13 +713,22 @@ mod tests {
             "UserKnownHostsFile=/h/kh",
             "StrictHostKeyChecking=yes",
             "IdentitiesOnly=yes",
+            "BatchMode=yes",
             "-p 22",
         ] {
             assert!(joined.contains(want), "{joined}");
         }
-        let tofu =
-            ssh_options(Path::new("/k"), Path::new("/h"), "compute.7", false, 2222).join(" ");
+        let tofu = ssh_options(
+            Path::new("/k"),
+            Path::new("/h"),
+            "compute.7",
+            false,
+            2222,
+            false,
+        )
+        .join(" ");
         assert!(tofu.contains("StrictHostKeyChecking=accept-new"), "{tofu}");
+        assert!(tofu.contains("BatchMode=no"), "{tofu}");
     }
 
     #[test]

@@ -55,10 +55,6 @@ impl World {
     }
 }
 
-fn metadata_http() -> Http {
-    Http::new(Trust::default(), Duration::from_secs(3))
-}
-
 #[test]
 fn a_service_account_key_is_exchanged_with_a_signed_jwt() {
     let w = world("gce-ssh-sa");
@@ -74,8 +70,13 @@ fn a_service_account_key_is_exchanged_with_a_signed_jwt() {
         gcloud: Some("/bin/false".into()),
         ..Sources::default()
     };
-    let t = auth::access_token(&w.http(), &metadata_http(), &sources).unwrap();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
     assert_eq!(t.token, "ya29.from-service-account");
+    assert_eq!(
+        t.account.as_deref(),
+        Some(sa.email.as_str()),
+        "client_email"
+    );
     assert!(
         t.source.starts_with("GOOGLE_APPLICATION_CREDENTIALS="),
         "{}",
@@ -93,7 +94,7 @@ fn a_service_account_key_is_exchanged_with_a_signed_jwt() {
         gcloud: Some("/bin/false".into()),
         ..Sources::default()
     };
-    let e = auth::access_token(&w.http(), &metadata_http(), &sources)
+    let e = auth::access_token(&w.http(), &sources)
         .unwrap_err()
         .to_string();
     assert!(
@@ -115,6 +116,11 @@ fn application_default_credentials_refresh_an_authorized_user() {
         "1//refresh-1".into(),
         "ya29.from-refresh".into(),
     ));
+    w.rules
+        .lock()
+        .unwrap()
+        .id_tokens
+        .push(("ya29.from-refresh".into(), "dev@example.com".into()));
     let adc = serde_json::json!({
         "type": "authorized_user",
         "client_id": "client-1.apps.googleusercontent.com",
@@ -132,13 +138,34 @@ fn application_default_credentials_refresh_an_authorized_user() {
         adc_file: env.adc_file(),
         ..Sources::default()
     };
-    let t = auth::access_token(&w.http(), &metadata_http(), &sources).unwrap();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
     assert_eq!(t.token, "ya29.from-refresh");
     assert!(t.source.contains("application_default_credentials.json"));
+    assert_eq!(
+        t.account.as_deref(),
+        Some("dev@example.com"),
+        "the id_token's email claim"
+    );
+    // Without an id_token (a grant without openid): no account; token info names it.
+    w.rules.lock().unwrap().id_tokens.clear();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
+    assert_eq!(t.account, None);
+    let tokeninfo = w.token_uri.replace("/token", "/tokeninfo");
+    let e = auth::token_email(&w.http(), &tokeninfo, &t.token).unwrap_err();
+    assert!(e.contains("answered 400: Invalid Value"), "{e}");
+    w.rules
+        .lock()
+        .unwrap()
+        .token_emails
+        .push(("ya29.from-refresh".into(), "dev@example.com".into()));
+    assert_eq!(
+        auth::token_email(&w.http(), &tokeninfo, &t.token).unwrap(),
+        "dev@example.com"
+    );
 
     // A revoked refresh token is an error naming the file, not a silent fall-through.
     w.rules.lock().unwrap().refresh.clear();
-    let e = auth::access_token(&w.http(), &metadata_http(), &sources)
+    let e = auth::access_token(&w.http(), &sources)
         .unwrap_err()
         .to_string();
     assert!(
@@ -159,22 +186,39 @@ fn the_metadata_server_and_gcloud_come_last_in_that_order() {
         adc_file: Some(w.dir.join("no-adc.json")),
         metadata_host: Some(emu.metadata_host()),
         gcloud: Some(gcloud.clone().into()),
+        gcloud_account: Some("dev@example.com".into()),
         ..Sources::default()
     };
-    let t = auth::access_token(&w.http(), &metadata_http(), &sources).unwrap();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
     assert!(t.token.starts_with("ya29.emulated-"), "{t:?}");
-    assert_eq!(t.source, format!("metadata server {}", emu.metadata_host()));
+    assert_eq!(
+        t.source,
+        format!(
+            "metadata server http://{}/computeMetadata/v1/",
+            emu.metadata_host()
+        )
+    );
+    assert_eq!(
+        t.account.as_deref(),
+        Some("523926462582-compute@developer.gserviceaccount.com"),
+        "the VM's default service account"
+    );
 
     // No metadata server answering: gcloud's token.
     let sources = Sources {
         metadata_host: Some(format!("127.0.0.1:{}", gce_testkit::free_port())),
         ..sources
     };
-    let t = auth::access_token(&w.http(), &metadata_http(), &sources).unwrap();
+    let t = auth::access_token(&w.http(), &sources).unwrap();
     assert_eq!(t.token, "ya29.from-gcloud");
     assert!(
         t.source.ends_with("gcloud auth print-access-token"),
         "{t:?}"
+    );
+    assert_eq!(
+        t.account.as_deref(),
+        Some("dev@example.com"),
+        "gcloud's account"
     );
 }
 
@@ -304,4 +348,123 @@ fn the_binary_trusts_ssl_cert_file_reads_gcloud_config_and_reports_googles_error
         ),
         "{err}"
     );
+}
+
+/// OS Login through the binary over HTTPS: the account comes from the service account key's
+/// `client_email`, or from token info for a bare `--token`; the OS Login API's errors are
+/// Google's, one line.
+#[test]
+fn the_binary_imports_into_the_oslogin_profile_of_the_credentials_account() {
+    let w = world("gce-ssh-oslogin-https");
+    let emu =
+        w.rt.block_on(Emulator::with_default_doc().start("127.0.0.1:0"))
+            .unwrap();
+    let api = w.ca.front(&w.rt, emu.addr());
+    let h = emu.handle();
+    h.set_instance_attribute("enable-oslogin", "TRUE");
+    let sa = common::ServiceAccount::new(&w.dir, &w.token_uri);
+    {
+        let mut r = w.rules.lock().unwrap();
+        r.service_accounts.push((
+            sa.email.clone(),
+            sa.public_der.clone(),
+            sa.key_id.clone(),
+            "ya29.sa".into(),
+        ));
+        r.token_emails
+            .push(("ya29.bare".into(), "dev@example.com".into()));
+    }
+    let home = w.dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let tokeninfo = w.token_uri.replace("/token", "/tokeninfo");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(bin("gce-ssh"));
+        for k in common::USER_ENV {
+            cmd.env_remove(k);
+        }
+        cmd.env("HOME", &home)
+            .env("NO_GCE_CHECK", "true")
+            .env("CLOUDSDK_CONFIG", w.dir.join("no-gcloud"))
+            .env("PATH", "/usr/bin:/bin")
+            .env("SSL_CERT_FILE", &w.ca_file)
+            .args(["--endpoint", &api, "--oslogin-endpoint", &api])
+            .args(["--tokeninfo-url", &tokeninfo])
+            .args(["--project", "my-proj", "--zone", "us-west1-b", "vm0"])
+            .args(["--host", "127.0.0.1", "--push-only", "--timings"])
+            .args(args)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !key.is_empty() {
+            let _ = std::fs::remove_dir_all(std::path::Path::new(&key).parent().unwrap());
+        }
+        (out.status.code(), err)
+    };
+
+    h.require_compute_token(Some("ya29.sa"));
+    let (code, err) = run(
+        &[(
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            sa.json_path.to_str().unwrap(),
+        )],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "OS Login on in metadata: account {} (from GOOGLE_APPLICATION_CREDENTIALS=",
+            sa.email
+        )),
+        "{err}"
+    );
+    let profile = h
+        .oslogin_user(&sa.email)
+        .expect("profile made by the import");
+    assert_eq!(profile.keys.len(), 1);
+    assert!(
+        err.contains(&format!("POSIX user {}", profile.username)),
+        "{err}"
+    );
+    // The fingerprint gce-ssh would delete is the emulator's (OS Login's) own.
+    let k = profile.keys.values().next().unwrap();
+    assert_eq!(
+        gce_ssh::oslogin::key_fingerprint(&k.key).as_deref(),
+        Some(k.fingerprint.as_str())
+    );
+
+    // A bare token says nothing about its account: token info does.
+    h.require_compute_token(Some("ya29.bare"));
+    let (code, err) = run(&[], &["--token", "ya29.bare"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("account dev@example.com (from token info for the token from --token)"),
+        "{err}"
+    );
+    assert_eq!(h.oslogin_user("dev@example.com").unwrap().keys.len(), 1);
+
+    // Token info does not know the token: the error says so and what to do.
+    h.require_compute_token(Some("ya29.unknown"));
+    let (code, err) = run(&[], &["--token", "ya29.unknown"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("answered 400: Invalid Value") && err.contains("pass --account EMAIL"),
+        "{err}"
+    );
+
+    // The OS Login API refuses the account: Google's error, one line, nothing pushed.
+    let (code, err) = run(
+        &[],
+        &["--token", "ya29.unknown", "--account", "not-an-email"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("importing the key into the OS Login profile of not-an-email")
+            && err.contains("answered 400 INVALID_ARGUMENT: Invalid user email address"),
+        "{err}"
+    );
+    assert_eq!(h.doc()["instance"]["attributes"].get("ssh-keys"), None);
 }

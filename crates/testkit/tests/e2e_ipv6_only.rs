@@ -3,8 +3,10 @@
 //! a veth carrying the metadata MAC. The shipped binaries run with no override, so they must
 //! find the server by themselves: keys (a real sshd login over `::1`), routes (a forwarded IPv6
 //! address as a local route), clock (a drift-token change runs `hwclock`, a recording fake, so
-//! the host's clock is never touched) and scripts (the runner, by itself and with
-//! `GCE_METADATA_HOST=[fd20:ce::254]`).
+//! the host's clock is never touched), scripts (the runner, by itself and with
+//! `GCE_METADATA_HOST=[fd20:ce::254]`) and instance setup (host keys made for the new instance
+//! id, the id recorded, the keys published to `hostkeys/`, the hostname set, and /etc/hosts
+//! naming the instance's IPv6 address and pinning the metadata server at `fd20:ce::254`).
 
 use gce_metadata_emulator::Emulator;
 use gce_testkit::{BackgroundRuntime, Sshd, bin, keypair, sandbox, sh, temp_dir, wait_until};
@@ -97,6 +99,12 @@ fn e2e_ipv6_only_instance_keys_routes_clock_and_scripts_work_without_an_override
     std::fs::write(dir.join("cfg"), "").unwrap();
     let (key, public) = keypair(&dir, "six");
     h.set_instance_attribute("ssh-keys", &format!("sixuser:{public}"));
+    // An IPv6-only instance: its interface has IPv6 addresses and no IPv4 one.
+    h.remove("/instance/networkInterfaces/0/ip");
+    h.set(
+        "/instance/networkInterfaces/0/ipv6s",
+        json!(["fd20:1:2:3:0:5::"]),
+    );
     h.set(
         "/instance/networkInterfaces/0/forwardedIpv6s",
         json!(["fd00:ce::5"]),
@@ -214,6 +222,72 @@ fn e2e_ipv6_only_instance_keys_routes_clock_and_scripts_work_without_an_override
             String::from_utf8_lossy(&o.stderr)
         );
     }
+
+    // Instance setup, as at boot: a new instance id (nothing recorded in this private /etc).
+    let _ = std::fs::remove_file("/etc/google_instance_id");
+    let setup = Command::new(bin("gce-instance-setup"))
+        .arg("--config")
+        .arg(dir.join("cfg"))
+        .arg("--lock-file")
+        .arg(dir.join("setup.lock"))
+        .arg("-v")
+        .env_remove("GCE_METADATA_HOST")
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let slog = String::from_utf8_lossy(&setup.stderr);
+    assert!(setup.status.success(), "instance setup:\n{slog}");
+    assert!(
+        slog.contains(&format!("metadata server reachable at {V6_URL}")),
+        "{slog}"
+    );
+    let id = h.doc()["instance"]["id"].to_string();
+    assert_eq!(
+        std::fs::read_to_string("/etc/google_instance_id")
+            .unwrap()
+            .trim(),
+        id,
+        "{slog}"
+    );
+    let ed25519 = std::fs::read_to_string("/etc/ssh/ssh_host_ed25519_key.pub").unwrap();
+    assert_eq!(
+        ed25519.split_whitespace().nth(2),
+        Some(format!("gce-instance-{id}").as_str()),
+        "keys made for this instance: {ed25519}\n{slog}"
+    );
+    let blob = ed25519.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(
+        h.guest_attribute("hostkeys", "ssh-ed25519").as_deref(),
+        Some(blob.as_str()),
+        "published: {slog}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim(),
+        "vm0"
+    );
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap();
+    assert!(
+        hosts.ends_with(
+            "fd20:1:2:3:0:5:: vm0.c.my-proj.internal vm0  # Added by Google\n\
+             fd20:ce::254 metadata.google.internal  # Added by Google\n\
+             169.254.169.254 metadata.google.internal  # Added by Google\n"
+        ),
+        "{hosts}"
+    );
+    // The name resolves to the IPv6 address first (the IPv4 one is unreachable here).
+    let getent = Command::new("getent")
+        .args(["ahosts", "metadata.google.internal"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&getent.stdout).starts_with("fd20:ce::254 "),
+        "{}",
+        String::from_utf8_lossy(&getent.stdout)
+    );
 
     for c in &mut children {
         let _ = c.kill();

@@ -160,42 +160,86 @@ pub struct TokenRules {
     pub refresh: Vec<(String, String, String, String)>,
     /// The `aud` a JWT must carry (the endpoint's own URL).
     pub audience: String,
+    /// Tokens handed out with an `id_token` naming this email (an `openid` grant).
+    pub id_tokens: Vec<(String, String)>,
+    /// What `/tokeninfo` says about a token: (token, email).
+    pub token_emails: Vec<(String, String)>,
     /// One line per rejected request, saying why.
     pub rejected: Vec<String>,
     pub granted: Vec<String>,
 }
 
-/// An OAuth 2 token endpoint (`POST /token`, form-encoded), plain HTTP for a [`TestCa::front`].
+/// An unsigned JWT carrying `claims` (what a test needs of an ID token: its payload).
+pub fn unsigned_jwt(claims: &serde_json::Value) -> String {
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+/// An OAuth 2 token endpoint (`POST /token`, form-encoded) and Google's token info
+/// (`POST /tokeninfo`), plain HTTP for a [`TestCa::front`].
 pub fn token_server(rt: &BackgroundRuntime, rules: Arc<Mutex<TokenRules>>) -> SocketAddr {
     use axum::routing::post;
-    let app = axum::Router::new().route(
-        "/token",
-        post(move |body: String| {
-            let rules = rules.clone();
-            async move {
-                let form = parse_form(&body);
-                let mut r = rules.lock().unwrap();
-                match check_token_request(&r, &form) {
-                    Ok(token) => {
-                        r.granted.push(token.clone());
-                        (
-                            axum::http::StatusCode::OK,
-                            serde_json::json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
-                                .to_string(),
-                        )
-                    }
-                    Err(why) => {
-                        r.rejected.push(why.clone());
-                        (
-                            axum::http::StatusCode::BAD_REQUEST,
-                            serde_json::json!({"error": "invalid_grant", "error_description": why})
-                                .to_string(),
-                        )
+    let info_rules = rules.clone();
+    let app = axum::Router::new()
+        .route(
+            "/token",
+            post(move |body: String| {
+                let rules = rules.clone();
+                async move {
+                    let form = parse_form(&body);
+                    let mut r = rules.lock().unwrap();
+                    match check_token_request(&r, &form) {
+                        Ok(token) => {
+                            r.granted.push(token.clone());
+                            let mut answer = serde_json::json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"});
+                            if let Some((_, email)) = r.id_tokens.iter().find(|(t, _)| *t == token) {
+                                answer["id_token"] = serde_json::json!(unsigned_jwt(
+                                    &serde_json::json!({"iss": "https://accounts.google.com", "email": email, "email_verified": true})
+                                ));
+                            }
+                            (axum::http::StatusCode::OK, answer.to_string())
+                        }
+                        Err(why) => {
+                            r.rejected.push(why.clone());
+                            (
+                                axum::http::StatusCode::BAD_REQUEST,
+                                serde_json::json!({"error": "invalid_grant", "error_description": why})
+                                    .to_string(),
+                            )
+                        }
                     }
                 }
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/tokeninfo",
+            post(move |body: String| {
+                let rules = info_rules.clone();
+                async move {
+                    let form = parse_form(&body);
+                    let token = form.get("access_token").cloned().unwrap_or_default();
+                    let r = rules.lock().unwrap();
+                    match r.token_emails.iter().find(|(t, _)| *t == token) {
+                        Some((_, email)) => (
+                            axum::http::StatusCode::OK,
+                            serde_json::json!({"azp": "32555940559.apps.googleusercontent.com",
+                                "scope": "openid https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/cloud-platform",
+                                "exp": "1900000000", "expires_in": "3599", "email": email,
+                                "email_verified": "true", "access_type": "offline"})
+                            .to_string(),
+                        ),
+                        None => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            serde_json::json!({"error": "invalid_token", "error_description": "Invalid Value"})
+                                .to_string(),
+                        ),
+                    }
+                }
+            }),
+        );
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -361,6 +405,9 @@ pub const USER_ENV: &[&str] = &[
     "GCE_ACCESS_TOKEN",
     "GCE_SSH_ENDPOINT",
     "GCE_SSH_KNOWN_HOSTS",
+    "GCE_SSH_ACCOUNT",
+    "GCE_SSH_OSLOGIN_ENDPOINT",
+    "CLOUDSDK_CORE_ACCOUNT",
     "GOOGLE_APPLICATION_CREDENTIALS",
     "CLOUDSDK_CONFIG",
     "CLOUDSDK_ACTIVE_CONFIG_NAME",
