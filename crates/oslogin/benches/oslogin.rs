@@ -14,7 +14,7 @@
 //! cargo bench -p gce-oslogin --bench oslogin`). Needs root.
 
 use gce_metadata_emulator::Emulator;
-use gce_testkit::oslogin::{package_version, setup_world, start_system_sshd};
+use gce_testkit::oslogin::{package_version, setup_world, start_system_sshd, switch_finished};
 use gce_testkit::{
     BackgroundRuntime, bin, daemon_command, keypair, median_p90, sandbox_main, temp_dir,
 };
@@ -24,13 +24,6 @@ use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 10;
 const LOGINS: usize = 20;
-const JOURNAL: &str = "/var/lib/google/gce-oslogin.json";
-
-fn switched(on: bool) -> bool {
-    let j = std::fs::read_to_string(JOURNAL).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
-    v["pending"].is_null() && v["applied"]["enabled"] == on
-}
 
 fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
@@ -126,7 +119,7 @@ fn main() {
 
     // 1. Switch on → configured → first OS Login login (each round from a finished switch off).
     h.set_instance_attribute("enable-oslogin", "TRUE");
-    until(Duration::from_secs(20), || switched(true));
+    until(Duration::from_secs(20), || switch_finished(true));
     let mut configured = Vec::new();
     let mut first_login = Vec::new();
     let mut possible = Vec::new();
@@ -135,13 +128,13 @@ fn main() {
         // Off: the host switched back and the metadata keys restored (first carol login).
         let t = Instant::now();
         h.set_instance_attribute("enable-oslogin", "FALSE");
-        until(Duration::from_secs(20), || switched(false));
+        until(Duration::from_secs(20), || switch_finished(false));
         until(Duration::from_secs(20), || login("carol", &carol));
         key_back.push(t.elapsed());
         std::thread::sleep(Duration::from_millis(200));
         let t = Instant::now();
         h.set_instance_attribute("enable-oslogin", "TRUE");
-        until(Duration::from_secs(20), || switched(true));
+        until(Duration::from_secs(20), || switch_finished(true));
         configured.push(t.elapsed());
         // Back-to-back attempts; the first that succeeds says when a login became possible.
         loop {
@@ -178,14 +171,14 @@ fn main() {
 
     // 2. Login cost: metadata-key login with OS Login off, then both kinds with it on.
     h.set_instance_attribute("enable-oslogin", "FALSE");
-    until(Duration::from_secs(20), || switched(false));
+    until(Duration::from_secs(20), || switch_finished(false));
     until(Duration::from_secs(20), || login("carol", &carol));
     std::thread::sleep(Duration::from_millis(300));
     let mut key_off: Vec<Duration> = (0..LOGINS)
         .map(|_| timed(|| login("carol", &carol)))
         .collect();
     h.set_instance_attribute("enable-oslogin", "TRUE");
-    until(Duration::from_secs(20), || switched(true));
+    until(Duration::from_secs(20), || switch_finished(true));
     until(Duration::from_secs(20), || {
         login("alice_example_com", &alice)
     });

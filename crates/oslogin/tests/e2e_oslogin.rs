@@ -7,7 +7,9 @@
 //! pid and UTS namespace with a private /etc, /home, /run and /var.
 
 use gce_metadata_emulator::{Emulator, EmulatorHandle, RunningEmulator};
-use gce_testkit::oslogin::{SWITCHED_PATHS, setup_world, start_system_sshd};
+use gce_testkit::oslogin::{
+    SWITCH_JOURNAL, SWITCHED_PATHS, setup_world, start_system_sshd, wait_switch_finished,
+};
 use gce_testkit::{BackgroundRuntime, Sshd, bin, daemon_command, keypair, sandbox, temp_dir};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,6 @@ const ALICE: &str = "alice@example.com";
 const ALICE_USER: &str = "alice_example_com";
 const BOB: &str = "bob@example.com";
 const BOB_USER: &str = "bob_example_com";
-const JOURNAL: &str = "/var/lib/google/gce-oslogin.json";
 
 struct World {
     _rt: BackgroundRuntime,
@@ -173,20 +174,7 @@ impl World {
 
     /// Waits until the journal records a finished switch to `on`.
     fn wait_switched(&self, on: bool) {
-        let t = Instant::now();
-        loop {
-            let j = std::fs::read_to_string(JOURNAL).unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
-            if v["pending"].is_null() && v["applied"]["enabled"] == on {
-                return;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "no finished switch to {on}: {j}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_switch_finished(on, || self.log());
     }
 }
 
@@ -384,7 +372,7 @@ fn e2e_oslogin_crash_mid_switch_is_finished_at_the_next_start() {
     assert_ne!(half[1], before[1], "nsswitch.conf edited");
     assert_eq!(half[2], before[2], "PAM not yet");
     assert_eq!(half[0], before[0], "sshd_config not yet");
-    let j = std::fs::read_to_string(JOURNAL).unwrap();
+    let j = std::fs::read_to_string(SWITCH_JOURNAL).unwrap();
     assert!(j.contains("\"pending\": {"), "intent recorded: {j}");
 
     // The next start finishes the switch from the journal even with the metadata server

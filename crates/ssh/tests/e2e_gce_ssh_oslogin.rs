@@ -11,17 +11,16 @@
 //! `enable-oslogin=FALSE` overrides the project's and a metadata-key login works again.
 
 use gce_metadata_emulator::{Emulator, EmulatorHandle, RunningEmulator};
-use gce_testkit::oslogin::{setup_world, start_system_sshd};
+use gce_testkit::oslogin::{setup_world, start_system_sshd, wait_switch_finished};
 use gce_testkit::{BackgroundRuntime, Sshd, bin, daemon_command, sandbox, temp_dir};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const MDS: &str = "169.254.169.254:80";
 const ALICE: &str = "alice@example.com";
 const ALICE_USER: &str = "alice_example_com";
 const BOB: &str = "bob@example.com";
-const JOURNAL: &str = "/var/lib/google/gce-oslogin.json";
 
 struct World {
     _rt: BackgroundRuntime,
@@ -74,20 +73,7 @@ impl World {
 
     /// Waits until the daemon's journal records a finished switch to `on`.
     fn wait_switched(&self, on: bool) {
-        let t = Instant::now();
-        loop {
-            let j = std::fs::read_to_string(JOURNAL).unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
-            if v["pending"].is_null() && v["applied"]["enabled"] == on {
-                return;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "no finished switch to {on}: {j}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_switch_finished(on, || self.log());
     }
 
     fn gce_ssh(&self, args: &[&str]) -> Output {

@@ -236,3 +236,28 @@ pub const SWITCHED_PATHS: &[&str] = &[
     "/etc/oslogin_passwd.cache",
     "/etc/oslogin_group.cache",
 ];
+
+/// The OS Login switch's journal, where the accounts daemon records its intent and result.
+pub const SWITCH_JOURNAL: &str = "/var/lib/google/gce-oslogin.json";
+
+/// Whether the switch journal records a finished switch to `on` (nothing pending).
+pub fn switch_finished(on: bool) -> bool {
+    let j = std::fs::read_to_string(SWITCH_JOURNAL).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
+    v["pending"].is_null() && v["applied"]["enabled"] == on
+}
+
+/// Waits up to 20 s for a finished switch to `on`; panics with the journal and `log()` (the
+/// daemon's log, say) when none comes.
+pub fn wait_switch_finished(on: bool, log: impl Fn() -> String) {
+    let t = Instant::now();
+    while !switch_finished(on) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no finished switch to {on}: {}\n{}",
+            std::fs::read_to_string(SWITCH_JOURNAL).unwrap_or_default(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
