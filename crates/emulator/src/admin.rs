@@ -159,16 +159,14 @@ async fn begin_outage(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
     };
     let h = handle(&shared);
     // Answer first: a refusal closes the socket this answer goes out on.
-    if let Some(ms) = ms {
-        let h = h.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-            h.end_outage();
-        });
-    }
+    // One task, so a short outage cannot end before it begins.
     tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         h.begin_outage(kind);
+        if let Some(ms) = ms {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            h.end_outage();
+        }
     });
     StatusCode::ACCEPTED.into_response()
 }

@@ -47,9 +47,12 @@ async fn run(cli: &CommonArgs, config: &gce_agent::Config) -> anyhow::Result<()>
     let client = config
         .metadata_client(ClientOptions::default())
         .context("metadata client")?;
-    let base = client.base_url();
     let opts = gce_instance_setup::Options::from_config(config);
-    tracing::debug!(METADATA = %base, "{NAME} {} starting", env!("CARGO_PKG_VERSION"));
+    tracing::debug!(
+        METADATA = %config.metadata_endpoint(),
+        "{NAME} {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
     let report = gce_instance_setup::run(&client, &opts).await?;
     tracing::info!(
         "instance setup done: {} key(s) made{}, {} published, hostname {}, /etc/hosts {}",

@@ -313,15 +313,8 @@ async fn put_with_retry(client: &Client, key: &str, value: &str) -> Result<(), M
             .await
         {
             Ok(()) => return Ok(()),
-            Err(e) => {
-                let transient = match e.status() {
-                    Some(s) => s >= 500 || s == 429,
-                    None => matches!(e.kind(), "connect" | "timeout" | "transport"),
-                };
-                if !transient || attempt >= 3 {
-                    return Err(e);
-                }
-            }
+            Err(e) if !e.is_outage() || attempt >= 3 => return Err(e),
+            Err(_) => {}
         }
         tokio::time::sleep(delay).await;
         delay *= 2;

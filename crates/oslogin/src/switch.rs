@@ -463,8 +463,11 @@ impl OsLogin {
             if plan.on && self.converged.is_none_or(|c| !c.enabled) {
                 self.fill_nss_cache();
             }
-            // An interrupted switch is the admin's to finish now.
+            // An interrupted switch is the admin's to finish now: forget it for good.
             self.interrupted = false;
+            if self.journal.pending.take().is_some() {
+                self.save_journal();
+            }
             self.converged = Some(s);
             return self.status(s);
         }

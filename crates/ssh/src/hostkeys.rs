@@ -75,17 +75,8 @@ pub fn parse_published(kind: &str, value: &str) -> Result<HostKey, String> {
 pub fn from_guest_attributes(answer: &serde_json::Value) -> (Vec<HostKey>, Vec<String>) {
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
-    let items = answer
-        .pointer("/queryValue/items")
-        .and_then(|v| v.as_array())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    for item in items {
-        let s = |k: &str| item.get(k).and_then(|v| v.as_str()).unwrap_or("");
-        if s("namespace") != "hostkeys" {
-            continue;
-        }
-        match parse_published(s("key"), s("value")) {
+    for (kind, value) in crate::compute::items_of(answer, "hostkeys") {
+        match parse_published(kind, value) {
             Ok(k) => keys.push(k),
             Err(e) => skipped.push(e),
         }

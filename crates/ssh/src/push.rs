@@ -102,6 +102,10 @@ impl KeyPusher for MetadataPusher<'_> {
         let marker = ready::user_key(&pushed.login_user);
         let query = format!("{}/", ready::NAMESPACE);
         let mut seen_namespace = false;
+        // Every 5 ms for the first 250 ms (a guest confirms within milliseconds), then slower,
+        // so a long wait does not spend the real API's read quota.
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
         loop {
             match self.compute.guest_attributes(self.instance, &query) {
                 Ok(Some(answer)) => {
@@ -130,7 +134,10 @@ impl KeyPusher for MetadataPusher<'_> {
             if Instant::now() >= deadline {
                 return Usable::TimedOut;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
+            if started.elapsed() > Duration::from_millis(250) {
+                pause = (pause * 3 / 2).min(Duration::from_millis(500));
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::compute::{Compute, Instance, InstanceInfo};
 use crate::gcloud;
 use crate::hostkeys::{self, HostKey};
 use crate::http::{Http, Trust};
-use crate::oslogin::{Detected, OsLoginApi};
+use crate::oslogin::{self, Detected, OsLoginApi};
 use crate::push::{KeyPusher, MetadataPusher, OsLoginPusher, PushRequest, Usable};
 use crate::tool;
 
@@ -78,7 +78,16 @@ fn generate_key(dir: &Path) -> anyhow::Result<Key> {
     let path = dir.join("id_ed25519");
     tool::run(
         Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "gce-ssh", "-f"])
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                oslogin::KEY_COMMENT,
+                "-f",
+            ])
             .arg(&path),
         Duration::from_secs(30),
     )?;

@@ -214,15 +214,6 @@ pub fn start_system_sshd() -> Sshd {
     }
 }
 
-/// The files an OS Login switch may touch, with their bytes (`None` = absent), for
-/// byte-for-byte comparisons.
-pub fn snapshot_files(paths: &[&str]) -> Vec<(String, Option<Vec<u8>>)> {
-    paths
-        .iter()
-        .map(|p| (p.to_string(), std::fs::read(p).ok()))
-        .collect()
-}
-
 /// Every path the switch writes, creates or removes.
 pub const SWITCHED_PATHS: &[&str] = &[
     "/etc/ssh/sshd_config",
