@@ -22,10 +22,18 @@ struct World {
 
 impl World {
     fn new(config: &str) -> World {
+        World::with_keys(config, "")
+    }
+
+    /// A world whose metadata already carries `ssh-keys` when the daemon starts.
+    fn with_keys(config: &str, keys: &str) -> World {
         let rt = gce_testkit::BackgroundRuntime::new();
         let emu = rt
             .block_on(Emulator::with_default_doc().start("127.0.0.1:0"))
             .unwrap();
+        if !keys.is_empty() {
+            emu.handle().set_instance_attribute("ssh-keys", keys);
+        }
         let host = emu.metadata_host();
         let dir = temp_dir("world");
         let mut w = World {
@@ -113,6 +121,11 @@ fn user_exists(user: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+fn uid_of(user: &str) -> String {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn blob(public: &str) -> &str {
@@ -720,18 +733,29 @@ fn e2e_users_googles_agent_created_are_deprovisioned_the_others_stay() {
     )
     .unwrap();
     let passwd_before = read(Path::new("/etc/passwd"));
-    let w = World::new("[Accounts]\ndeprovision_remove = true\n");
+    let uid_before = uid_of("gmade");
     let keys = temp_dir("keys");
     let (kg, pg) = keypair(&keys, "gmade");
     let (_ki, pi) = keypair(&keys, "imageuser");
-    w.set_keys(&format!("gmade:{pg}\nimageuser:{pi}"));
+    // Both users are in metadata when our daemon first starts, as on a machine where Google's
+    // agent ran until the swap: gmade is taken over, not deleted and made again.
+    let w = World::with_keys(
+        "[Accounts]\ndeprovision_remove = true\n",
+        &format!("gmade:{pg}\nimageuser:{pi}"),
+    );
+    let state_file = Path::new("/var/lib/google/gce-accounts-state.json");
+    // The keys are written before the state is saved: wait for both.
+    let mut state = serde_json::Value::Null;
     wait_until(Duration::from_secs(10), || {
+        state = serde_json::from_str(&read(state_file)).unwrap_or_default();
         read(&ak_path("gmade")).contains(blob(&pg))
             && read(&ak_path("imageuser")).contains(blob(&pi))
+            && !state["users"]["gmade"].is_null()
+            && !state["users"]["imageuser"].is_null()
     })
-    .unwrap_or_else(|| panic!("keys installed: {}", w.log()));
-    let state_file = Path::new("/var/lib/google/gce-accounts-state.json");
-    let state: serde_json::Value = serde_json::from_str(&read(state_file)).unwrap();
+    .unwrap_or_else(|| panic!("keys installed and recorded: {state} {}", w.log()));
+    assert_eq!(uid_of("gmade"), uid_before, "gmade kept, not made again");
+    assert!(!w.log().contains("deleted user gmade"), "{}", w.log());
     assert_eq!(state["users"]["gmade"]["origin"], "created", "{state}");
     assert_eq!(state["users"]["imageuser"]["origin"], "adopted", "{state}");
     assert_ne!(state["users"]["root"]["origin"], "created", "{state}");
