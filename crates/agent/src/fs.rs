@@ -314,16 +314,21 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Temp name beside the target. Dot-prefixed so globbing readers (`sudoers.d` skips names with a
 /// `.`) ignore it; the name part is shortened so the whole stays under NAME_MAX.
 fn temp_name(name: &str) -> String {
+    format!(
+        "{}{}-{}",
+        temp_prefix(name),
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// What every temp name for `name` starts with (`.NAME.tmp-`).
+fn temp_prefix(name: &str) -> String {
     let mut end = name.len().min(200);
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    format!(
-        ".{}.tmp-{}-{}",
-        &name[..end],
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!(".{}.tmp-", &name[..end])
 }
 
 /// Atomically replace `name` in `dir` with `contents`.
@@ -362,7 +367,14 @@ pub fn write_atomic_at(
         return result;
     }
     // The new content is in place; make the rename itself durable.
-    fsync(dir).map_err(|e| io_err("fsync directory of", describe(dir, name), e))
+    fsync(dir).map_err(|e| io_err("fsync directory of", describe(dir, name), e))?;
+    for left in crate::leftovers::sweep(dir, &temp_prefix(name)) {
+        tracing::info!(
+            "removed {}, left by an interrupted write",
+            describe(dir, &left).display()
+        );
+    }
+    Ok(())
 }
 
 fn fill_and_rename(

@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod fs;
+pub mod leftovers;
 pub mod lock;
 pub mod logging;
 pub mod notify;
