@@ -11,6 +11,7 @@ use gce_agent::fs::{self as afs, FileKind, FsError, WriteOpts};
 use nix::errno::Errno;
 use nix::unistd::UnlinkatFlags;
 
+use crate::listeners;
 use crate::plan::{Paths, Probe};
 
 /// Config files are small; anything bigger is not what we think it is.
@@ -18,6 +19,8 @@ const MAX_CONFIG: u64 = 4 << 20;
 /// A PAM module or program we only scan for a symbol name.
 const MAX_MODULE: u64 = 64 << 20;
 const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a reload may take before sshd listens again (a re-exec takes milliseconds).
+pub const RELISTEN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -285,9 +288,16 @@ fn systemd_running(paths: &Paths) -> bool {
 /// Makes sshd read its configuration again. Under systemd: `try-reload-or-restart` of the ssh
 /// unit(s) (a stopped sshd stays stopped), queued with `--no-block`: at boot the accounts daemon
 /// runs before ssh.service, whose start job waits for it, and waiting for our job in turn would
-/// deadlock. Elsewhere SIGHUP to the pid in sshd's pid file. Returns what was done, for the log.
+/// deadlock. Elsewhere SIGHUP to the pid in sshd's pid file. Then, when an sshd was listening,
+/// waits (at most [`RELISTEN_TIMEOUT`]) until it listens on fresh sockets, so that a login tried
+/// once the switch is reported is not refused mid-reload. Returns what was done, for the log.
 pub async fn reload_sshd(paths: &Paths) -> Result<String, HostError> {
-    if systemd_running(paths) {
+    let running = running_sshd(paths);
+    let before = running
+        .as_ref()
+        .map(|&pid| listeners::listening_inodes(pid))
+        .unwrap_or_default();
+    let what = if systemd_running(paths) {
         let units = loaded_units(&["ssh.service", "sshd.service"]).await?;
         if units.is_empty() {
             return Ok("no ssh unit loaded".into());
@@ -295,34 +305,54 @@ pub async fn reload_sshd(paths: &Paths) -> Result<String, HostError> {
         let mut a = vec!["systemctl", "--no-block", "try-reload-or-restart"];
         a.extend(units.iter().map(String::as_str));
         cmd::run(&argv(&a), &RunOpts::with_timeout(SYSTEMCTL_TIMEOUT)).await?;
-        return Ok(format!(
-            "systemctl try-reload-or-restart {}",
-            units.join(" ")
-        ));
+        format!("systemctl try-reload-or-restart {}", units.join(" "))
+    } else {
+        let pid = match running {
+            Ok(pid) => pid,
+            Err(why) => return Ok(why),
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .map_err(|e| HostError::Io {
+            what: format!("SIGHUP to sshd {pid}"),
+            error: e.to_string(),
+        })?;
+        format!("SIGHUP to sshd {pid}")
+    };
+    if before.is_empty() {
+        // Not running, or not listening itself (socket activation): nothing to wait for.
+        return Ok(what);
     }
+    let again =
+        listeners::wait_relistening(&before, || running_sshd(paths).ok(), RELISTEN_TIMEOUT).await;
+    Ok(match again {
+        Some(took) => format!("{what}; listening again after {} ms", took.as_millis()),
+        None => format!(
+            "{what}; not listening on fresh sockets after {} s (still reloading?)",
+            RELISTEN_TIMEOUT.as_secs()
+        ),
+    })
+}
+
+/// The pid of the running sshd from its pid file, or why there is none. A stale pid file must
+/// not make us signal whatever now has that pid: the process must be sshd.
+fn running_sshd(paths: &Paths) -> Result<i32, String> {
     let Some(text) = read_text(&paths.sshd_pid).ok().flatten() else {
-        return Ok("sshd is not running (no pid file)".into());
+        return Err("sshd is not running (no pid file)".into());
     };
     let Ok(pid) = text.trim().parse::<i32>() else {
-        return Ok(format!("{}: not a pid", paths.sshd_pid.display()));
+        return Err(format!("{}: not a pid", paths.sshd_pid.display()));
     };
-    // A stale pid file must not make us signal whatever now has that pid.
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     if !comm.trim().starts_with("sshd") {
-        return Ok(format!(
+        return Err(format!(
             "pid {pid} from {} is not sshd",
             paths.sshd_pid.display()
         ));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .map_err(|e| HostError::Io {
-        what: format!("SIGHUP to sshd {pid}"),
-        error: e.to_string(),
-    })?;
-    Ok(format!("SIGHUP to sshd {pid}"))
+    Ok(pid)
 }
 
 /// `systemctl try-restart` of nscd/unscd (their caches hold lookups made before the NSS

@@ -19,6 +19,7 @@ pub mod certs;
 pub mod edit;
 pub mod host;
 pub mod journal;
+pub mod listeners;
 pub mod plan;
 pub mod service;
 pub mod settings;
