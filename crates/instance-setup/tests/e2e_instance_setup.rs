@@ -601,12 +601,16 @@ fn e2e_keygen_failing_midway_leaves_working_keys_and_the_id_unrecorded() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
+            // `>` creates the file before echo fills it: wait for a whole pid.
             let t = Instant::now();
-            while !pidfile.exists() {
+            let shim_pid: i32 = loop {
+                let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+                if let Ok(pid) = text.trim().parse() {
+                    break pid;
+                }
                 assert!(t.elapsed() < Duration::from_secs(30), "shim never ran");
                 std::thread::sleep(Duration::from_millis(5));
-            }
-            let shim_pid: i32 = read(&pidfile).trim().parse().unwrap();
+            };
             child.kill().unwrap();
             child.wait().unwrap();
             // The shim runs in its own process group (the command runner's); end it too.

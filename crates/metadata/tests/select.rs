@@ -82,8 +82,8 @@ async fn ipv6_is_used_where_ipv4_never_answers_after_the_head_start() {
     let took = t.elapsed();
     assert_eq!(c.base_url(), url(v6.addr()));
     assert!(
-        took < Duration::from_millis(600),
-        "head start (250 ms) and a request: {took:?}"
+        took < Duration::from_millis(1500),
+        "head start (250 ms) and a request, far below the 3 s connect timeout: {took:?}"
     );
 }
 

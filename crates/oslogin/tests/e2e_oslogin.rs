@@ -268,20 +268,23 @@ fn e2e_oslogin_login_sudo_revocation_and_expiry_with_googles_package() {
     assert!(!sudo.status.success(), "bob after revoke: {}", text(&sudo));
     assert!(!Path::new("/var/google-sudoers.d/bob_example_com").exists());
 
-    // The NSS cache was filled by google_oslogin_nss_cache.
+    // The NSS cache was filled by google_oslogin_nss_cache (passwd first, then groups).
     let t = Instant::now();
-    while !std::fs::read_to_string("/etc/oslogin_passwd.cache")
-        .unwrap_or_default()
-        .contains(BOB_USER)
+    let cached = |file: &str, what: &str| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    while !cached("/etc/oslogin_passwd.cache", BOB_USER)
+        || !cached("/etc/oslogin_group.cache", "devs:")
     {
         assert!(
             t.elapsed() < Duration::from_secs(10),
-            "NSS cache not filled"
+            "NSS cache not filled: groups {:?}",
+            std::fs::read_to_string("/etc/oslogin_group.cache")
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let groups = std::fs::read_to_string("/etc/oslogin_group.cache").unwrap_or_default();
-    assert!(groups.contains("devs:"), "group cache: {groups:?}");
     // OS Login groups reach the session (NSS initgroups from groups?email=, names from the
     // group cache).
     let id = w.login(BOB_USER, &bob_key, "id -Gn");

@@ -28,8 +28,13 @@ fn e2e_gce_ssh_pushes_logs_in_and_the_key_expires() {
     .spawn()
     .unwrap();
     let sshd = Sshd::start("");
-    // Let the daemon apply its first snapshot so the push below measures a change.
-    std::thread::sleep(Duration::from_millis(300));
+    // The daemon's first pass is done (it publishes its ready marker) before the push below.
+    wait_until(Duration::from_secs(10), || {
+        emu.handle()
+            .guest_attribute("gce-agent", "accounts-etag")
+            .is_some()
+    })
+    .expect("the daemon publishes its first pass");
     let gce_ssh = |extra: &[&str]| {
         let t = Instant::now();
         let out = Command::new(bin("gce-ssh"))

@@ -134,6 +134,9 @@ fn e2e_gce_ssh_oslogin_detects_imports_logs_in_as_the_posix_user_and_cleans_up()
     w.h.remove_instance_attribute("enable-oslogin");
     w.h.set_project_attribute("enable-oslogin", "TRUE");
     w.wait_switched(true);
+    // The switch is reported only once the reloaded sshd listens again: the one ssh attempt
+    // gce-ssh makes below cannot meet a re-executing sshd.
+    assert!(w.log().contains("listening again after"), "{}", w.log());
     w.h.oslogin_set_policy(ALICE, true, false);
     // A key an earlier gce-ssh run left behind, expired: removed along with this run's.
     let (_, stale) = gce_testkit::keypair(&w.dir, "gce-ssh");

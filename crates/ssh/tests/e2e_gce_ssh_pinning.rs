@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{TestCa, TokenRules};
 use gce_metadata_emulator::{Emulator, EmulatorHandle, RunningEmulator};
-use gce_testkit::{BackgroundRuntime, Sshd, bin, daemon_command, sandbox, temp_dir};
+use gce_testkit::{BackgroundRuntime, Sshd, bin, daemon_command, sandbox, temp_dir, wait_until};
 
 struct Guest {
     rt: BackgroundRuntime,
@@ -52,7 +52,12 @@ impl Guest {
         .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until(Duration::from_secs(10), || {
+            emu.handle()
+                .guest_attribute("gce-agent", "accounts-etag")
+                .is_some()
+        })
+        .expect("the daemon publishes its first pass");
         Guest {
             rt,
             emu,

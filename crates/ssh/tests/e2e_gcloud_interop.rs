@@ -5,7 +5,7 @@
 //! the Google Cloud CLI is not installed (it is not a Debian package; scripts/setup cannot add it).
 
 use gce_metadata_emulator::Emulator;
-use gce_testkit::{Sshd, bin, daemon_command, sandbox, temp_dir};
+use gce_testkit::{Sshd, bin, daemon_command, sandbox, temp_dir, wait_until};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -102,7 +102,12 @@ fn e2e_gcloud_and_gce_ssh_pin_the_same_host_key_in_the_same_file() {
     .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(Duration::from_secs(10), || {
+        emu.handle()
+            .guest_attribute("gce-agent", "accounts-etag")
+            .is_some()
+    })
+    .expect("the daemon publishes its first pass");
     let out = Command::new(bin("gce-ssh"))
         .args(["--endpoint", &emu.url(), "--user", "hal", "--timings"])
         .args(["--port", &sshd.port.to_string(), "--known-hosts-file"])
