@@ -201,6 +201,19 @@ impl Accounts {
                     .retain(|w| !w.starts_with(&format!("home:{user}:")));
                 true
             }
+            Err(e @ HomeError::Refused { .. })
+                if lines.is_empty()
+                    && self.state.users.get(user).is_none_or(|u| u.keys.is_empty()) =>
+            {
+                // Nothing of ours can be there: we never write into a home we refuse. (A user
+                // taken over from google_users, keys unknown, e.g. a system account.)
+                let msg = e.to_string();
+                self.warn_once(
+                    format!("home:{user}:{msg}"),
+                    || info!(USER = %user, "{msg}; no key of ours to remove there"),
+                );
+                true
+            }
             Err(e @ HomeError::Refused { .. }) => {
                 let msg = e.to_string();
                 self.warn_once(
