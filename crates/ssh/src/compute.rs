@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use crate::http::{Http, HttpError};
+use crate::http::{Api, Http, HttpError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComputeError {
@@ -129,9 +129,7 @@ impl InstanceInfo {
 }
 
 pub struct Compute<'h> {
-    http: &'h Http,
-    endpoint: String,
-    token: Option<String>,
+    api: Api<'h>,
 }
 
 impl<'h> Compute<'h> {
@@ -139,28 +137,22 @@ impl<'h> Compute<'h> {
     /// `https://compute.googleapis.com` for GCE); `token`, when given, is sent as a bearer token.
     pub fn new(http: &'h Http, endpoint: &str, token: Option<String>) -> Compute<'h> {
         Compute {
-            http,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            token,
+            api: Api::new(http, endpoint, token),
         }
     }
 
     fn instance_url(&self, i: &Instance) -> String {
         format!(
             "{}/compute/v1/projects/{}/zones/{}/instances/{}",
-            self.endpoint, i.project, i.zone, i.name
+            self.api.endpoint(),
+            i.project,
+            i.zone,
+            i.name
         )
     }
 
-    fn auth(&self) -> Option<String> {
-        self.token.as_ref().map(|t| format!("Bearer {t}"))
-    }
-
     fn get_json(&self, url: &str) -> Result<Option<serde_json::Value>, ComputeError> {
-        let auth = self.auth();
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        let resp = self.http.get(url, &headers)?;
+        let resp = self.api.get(url)?;
         match resp.status {
             200 => serde_json::from_str(&resp.body)
                 .map(Some)
@@ -188,7 +180,7 @@ impl<'h> Compute<'h> {
 
     /// `projects.get`: the project's common instance metadata.
     pub fn get_project_metadata(&self, project: &str) -> Result<Metadata, ComputeError> {
-        let url = format!("{}/compute/v1/projects/{project}", self.endpoint);
+        let url = format!("{}/compute/v1/projects/{project}", self.api.endpoint());
         let v = self.get_json(&url)?.ok_or_else(|| ComputeError::Status {
             url: url.clone(),
             status: 404,
@@ -213,9 +205,6 @@ impl<'h> Compute<'h> {
     ) -> Result<u32, ComputeError> {
         const ATTEMPTS: u32 = 8;
         let url = format!("{}/setMetadata", self.instance_url(i));
-        let auth = self.auth();
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
         let mut md = current;
         for attempt in 1..=ATTEMPTS {
             if attempt > 1 {
@@ -223,12 +212,7 @@ impl<'h> Compute<'h> {
             }
             edit(&mut md);
             let body = serde_json::json!({"fingerprint": md.fingerprint, "items": md.items});
-            let resp = self.http.post(
-                &url,
-                &headers,
-                "application/json",
-                body.to_string().as_bytes(),
-            )?;
+            let resp = self.api.post_json(&url, &body)?;
             match resp.status {
                 200 => return Ok(attempt),
                 412 => std::thread::sleep(Duration::from_millis(10 * attempt as u64)),

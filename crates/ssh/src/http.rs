@@ -168,13 +168,17 @@ impl Http {
 const USER_AGENT: &str = concat!("gce-ssh/", env!("CARGO_PKG_VERSION"));
 
 fn form_encode(s: &str) -> String {
+    percent_encode(s, b"")
+}
+
+/// Percent-encodes every byte of `s` but RFC 3986's unreserved characters and those in `keep`.
+pub fn percent_encode(s: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(b as char)
+        } else {
+            out.push_str(&format!("%{b:02X}"))
         }
     }
     out
@@ -254,6 +258,53 @@ fn describe(e: &ureq::Error) -> String {
 fn host_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+/// A Google API root (`https://compute.googleapis.com`, or the emulator's) reached through an
+/// [`Http`], with the bearer token, when there is one, on every request.
+pub struct Api<'h> {
+    http: &'h Http,
+    endpoint: String,
+    auth: Option<String>,
+}
+
+impl<'h> Api<'h> {
+    pub fn new(http: &'h Http, endpoint: &str, token: Option<String>) -> Api<'h> {
+        Api {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            auth: token.map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    /// The root, without a final `/`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.auth
+            .iter()
+            .map(|a| ("Authorization", a.as_str()))
+            .collect()
+    }
+
+    pub fn get(&self, url: &str) -> Result<Response, HttpError> {
+        self.http.get(url, &self.headers())
+    }
+
+    pub fn delete(&self, url: &str) -> Result<Response, HttpError> {
+        self.http.delete(url, &self.headers())
+    }
+
+    pub fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<Response, HttpError> {
+        self.http.post(
+            url,
+            &self.headers(),
+            "application/json",
+            body.to_string().as_bytes(),
+        )
+    }
 }
 
 /// The roots to trust: (certificates, a one-line description of where they came from).

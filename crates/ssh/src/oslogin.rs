@@ -8,7 +8,7 @@
 //! "status","details":[{"reason"}]}}`) become one line with what to do about them.
 
 use crate::compute::Metadata;
-use crate::http::{Http, HttpError};
+use crate::http::{Api, Http, HttpError};
 
 pub const OSLOGIN_API: &str = "https://oslogin.googleapis.com";
 
@@ -244,16 +244,7 @@ pub fn key_fingerprint(public_key: &str) -> Option<String> {
 
 /// Percent-encodes a path segment or query value (an email keeps its `@` and `+`).
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' | b'+' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    crate::http::percent_encode(s, b"@+")
 }
 
 /// A Google API error answer as one [`OsLoginError::Api`], with what to do about it.
@@ -321,26 +312,18 @@ pub fn api_error(url: &str, status: u16, body: &str, email: &str) -> OsLoginErro
 
 /// The OS Login API at `endpoint` (`https://oslogin.googleapis.com`, or the emulator's root).
 pub struct OsLoginApi<'h> {
-    http: &'h Http,
-    endpoint: String,
-    token: Option<String>,
+    api: Api<'h>,
 }
 
 impl<'h> OsLoginApi<'h> {
     pub fn new(http: &'h Http, endpoint: &str, token: Option<String>) -> OsLoginApi<'h> {
         OsLoginApi {
-            http,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            token,
+            api: Api::new(http, endpoint, token),
         }
     }
 
     fn user_url(&self, email: &str) -> String {
-        format!("{}/v1/users/{}", self.endpoint, encode(email))
-    }
-
-    fn auth(&self) -> Option<String> {
-        self.token.as_ref().map(|t| format!("Bearer {t}"))
+        format!("{}/v1/users/{}", self.api.endpoint(), encode(email))
     }
 
     /// `importSshPublicKey` with an expiry (microseconds since the epoch, as a string as Google
@@ -361,15 +344,7 @@ impl<'h> OsLoginApi<'h> {
             "key": public_key,
             "expirationTimeUsec": expiration_usec.to_string(),
         });
-        let auth = self.auth();
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        let resp = self.http.post(
-            &url,
-            &headers,
-            "application/json",
-            body.to_string().as_bytes(),
-        )?;
+        let resp = self.api.post_json(&url, &body)?;
         if resp.status != 200 {
             return Err(api_error(&url, resp.status, &resp.body, email));
         }
@@ -392,10 +367,7 @@ impl<'h> OsLoginApi<'h> {
             self.user_url(email),
             encode(fingerprint)
         );
-        let auth = self.auth();
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        let resp = self.http.delete(&url, &headers)?;
+        let resp = self.api.delete(&url)?;
         match resp.status {
             200 | 204 | 404 => Ok(()),
             status => Err(api_error(&url, status, &resp.body, email)),
