@@ -281,21 +281,22 @@ fn parse_loaded(text: &str) -> Vec<String> {
     found
 }
 
-fn systemd_running(paths: &Paths) -> bool {
+pub fn systemd_running(paths: &Paths) -> bool {
     paths.systemd_marker.is_dir()
 }
 
 /// Makes sshd read its configuration again. Under systemd: `try-reload-or-restart` of the ssh
 /// unit(s) (a stopped sshd stays stopped), queued with `--no-block`: at boot the accounts daemon
 /// runs before ssh.service, whose start job waits for it, and waiting for our job in turn would
-/// deadlock. Elsewhere SIGHUP to the pid in sshd's pid file. Then, when an sshd was listening,
-/// waits (at most [`RELISTEN_TIMEOUT`]) until it listens on fresh sockets, so that a login tried
-/// once the switch is reported is not refused mid-reload. Returns what was done, for the log.
-pub async fn reload_sshd(paths: &Paths) -> Result<String, HostError> {
+/// deadlock. Elsewhere SIGHUP to the pid in sshd's pid file. Then, with `wait` and when an sshd
+/// was listening, waits (at most [`RELISTEN_TIMEOUT`]) until it listens on fresh sockets, so that
+/// a login tried once the switch is reported is not refused mid-reload. Returns what was done,
+/// for the log.
+pub async fn reload_sshd(paths: &Paths, wait: bool) -> Result<String, HostError> {
     let running = running_sshd(paths);
     let before = running
         .as_ref()
-        .map(|&pid| listeners::listening_inodes(pid))
+        .map(|&pid| listeners::listen_table(pid))
         .unwrap_or_default();
     let what = if systemd_running(paths) {
         let units = loaded_units(&["ssh.service", "sshd.service"]).await?;
@@ -322,8 +323,11 @@ pub async fn reload_sshd(paths: &Paths) -> Result<String, HostError> {
         format!("SIGHUP to sshd {pid}")
     };
     if before.is_empty() {
-        // Not running, or not listening itself (socket activation): nothing to wait for.
+        // No sshd daemon (socket activation, or stopped), or no listener: nothing to wait for.
         return Ok(what);
+    }
+    if !wait {
+        return Ok(format!("{what} (runs once this daemon has started)"));
     }
     let again =
         listeners::wait_relistening(&before, || running_sshd(paths).ok(), RELISTEN_TIMEOUT).await;

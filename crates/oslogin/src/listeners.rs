@@ -4,77 +4,67 @@
 //! the switch waits for it here before it reports the host configured: "configured" then means
 //! a login can start.
 //!
-//! sshd's listening sockets are the socket inodes among its `/proc/PID/fd` links that its network
-//! namespace's `/proc/PID/net/tcp{,6}` shows in state LISTEN. Inherited sockets (a journal
-//! stream on stderr) survive the re-exec and are not listeners, so they do not blur the picture.
+//! Which sockets are sshd's cannot be read from its `/proc/PID/fd`: sshd makes itself
+//! non-dumpable, and the daemon's unit rightly lacks `CAP_SYS_PTRACE`. But the LISTEN rows of
+//! sshd's network namespace (`/proc/PID/net/tcp{,6}`, readable by anyone) show the reload: every
+//! address sshd listens on comes back with a new socket inode, while other services' rows stay
+//! as they were. So: sshd listens again once every address that listened before listens now,
+//! and at least one of them on a new socket.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The inodes of the TCP sockets `pid` holds in state LISTEN; empty when the process is gone or
-/// unreadable.
-pub fn listening_inodes(pid: i32) -> BTreeSet<u64> {
-    let held = socket_inodes(pid);
-    if held.is_empty() {
-        return held;
-    }
-    let mut listening = BTreeSet::new();
-    for table in ["tcp", "tcp6"] {
-        let path = format!("/proc/{pid}/net/{table}");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            listening.extend(parse_listen_inodes(&text));
+/// Listening TCP sockets by local address (`tcp 00000000:0016`, `tcp6 …`) → socket inode.
+pub type ListenTable = BTreeMap<String, u64>;
+
+/// The LISTEN rows of the network namespace `pid` is in; empty when unreadable.
+pub fn listen_table(pid: i32) -> ListenTable {
+    let mut table = ListenTable::new();
+    for proto in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{proto}"))
+            .or_else(|_| std::fs::read_to_string(format!("/proc/self/net/{proto}")));
+        if let Ok(text) = text {
+            table.extend(parse_listen_rows(proto, &text));
         }
     }
-    held.intersection(&listening).copied().collect()
-}
-
-/// Socket inodes among the open files of `pid` (`socket:[N]` links).
-fn socket_inodes(pid: i32) -> BTreeSet<u64> {
-    let dir = format!("/proc/{pid}/fd");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return BTreeSet::new();
-    };
-    entries
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|target| socket_inode(&target))
-        .collect()
-}
-
-fn socket_inode(link: &Path) -> Option<u64> {
-    link.to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// Inodes of the rows in state LISTEN (`0A`) of a `/proc/net/tcp` or `tcp6` table.
-pub fn parse_listen_inodes(table: &str) -> BTreeSet<u64> {
     table
-        .lines()
+}
+
+/// The rows in state LISTEN (`0A`) of a `/proc/net/tcp` or `tcp6` table: (`PROTO ADDR`, inode).
+pub fn parse_listen_rows(proto: &str, text: &str) -> Vec<(String, u64)> {
+    text.lines()
         .skip(1)
         .filter_map(|row| {
             let f: Vec<&str> = row.split_whitespace().collect();
-            (f.get(3) == Some(&"0A")).then(|| f.get(9)?.parse().ok())?
+            if f.get(3) != Some(&"0A") {
+                return None;
+            }
+            let inode = f.get(9)?.parse().ok()?;
+            Some((format!("{proto} {}", f.get(1)?), inode))
         })
         .collect()
 }
 
-/// Waits until the sshd that `current_pid` names (read anew each time: a restart changes it)
-/// listens on sockets none of which is in `before`. The time it took, or `None` after `timeout`.
+/// Every address of `before` listens in `now`, at least one on a new socket.
+pub fn relistened(before: &ListenTable, now: &ListenTable) -> bool {
+    before.keys().all(|a| now.contains_key(a))
+        && before.iter().any(|(a, inode)| now.get(a) != Some(inode))
+}
+
+/// Waits until [`relistened`] holds in the network namespace of the sshd that `current_pid`
+/// names (read anew each time: a restart changes it). The time it took, or `None` after
+/// `timeout`.
 pub async fn wait_relistening(
-    before: &BTreeSet<u64>,
+    before: &ListenTable,
     mut current_pid: impl FnMut() -> Option<i32>,
     timeout: Duration,
 ) -> Option<Duration> {
     let start = Instant::now();
     loop {
-        if let Some(pid) = current_pid() {
-            let now = listening_inodes(pid);
-            if !now.is_empty() && now.is_disjoint(before) {
-                return Some(start.elapsed());
-            }
+        if let Some(pid) = current_pid()
+            && relistened(before, &listen_table(pid))
+        {
+            return Some(start.elapsed());
         }
         if start.elapsed() >= timeout {
             return None;
@@ -95,36 +85,56 @@ mod tests {
    2: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 777 1 0000000000000000 100 0 0 10 0
 ";
         assert_eq!(
-            parse_listen_inodes(table),
-            BTreeSet::from([31337, 777]),
+            parse_listen_rows("tcp", table),
+            [
+                ("tcp 00000000:0016".to_string(), 31337),
+                ("tcp 0100007F:1F90".to_string(), 777)
+            ],
             "the established row (01) is not a listener"
         );
-        assert!(parse_listen_inodes("header only\n").is_empty());
+        assert!(parse_listen_rows("tcp", "header only\n").is_empty());
         assert!(
-            parse_listen_inodes("h\n 0: x y 0A z\n").is_empty(),
+            parse_listen_rows("tcp", "h\n 0: x y 0A z\n").is_empty(),
             "short row"
         );
     }
 
     #[test]
-    fn socket_links_are_recognised() {
-        assert_eq!(socket_inode(Path::new("socket:[123]")), Some(123));
-        assert_eq!(socket_inode(Path::new("pipe:[123]")), None);
-        assert_eq!(socket_inode(Path::new("/dev/null")), None);
+    fn a_reload_is_every_address_back_and_one_on_a_new_socket() {
+        let t = |rows: &[(&str, u64)]| -> ListenTable {
+            rows.iter().map(|(a, i)| (a.to_string(), *i)).collect()
+        };
+        let before = t(&[("tcp :22", 1), ("tcp6 :22", 2), ("tcp :80", 3)]);
+        // Not processed yet: nothing changed.
+        assert!(!relistened(&before, &before));
+        // Closed, or half reopened.
+        assert!(!relistened(&before, &t(&[("tcp :80", 3)])));
+        assert!(!relistened(&before, &t(&[("tcp :22", 4), ("tcp :80", 3)])));
+        // Both of sshd's back on new sockets; the web server's untouched; a new listener is fine.
+        assert!(relistened(
+            &before,
+            &t(&[
+                ("tcp :22", 4),
+                ("tcp6 :22", 5),
+                ("tcp :80", 3),
+                ("tcp :9", 6)
+            ])
+        ));
     }
 
     #[tokio::test]
-    async fn this_process_listening_is_seen_and_a_new_listener_is_told_apart() {
+    async fn a_listener_reopened_on_the_same_address_is_seen() {
         let pid = std::process::id() as i32;
         let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let before = listening_inodes(pid);
+        let addr = first.local_addr().unwrap();
+        let before = listen_table(pid);
         assert!(!before.is_empty(), "our own listener is seen");
-        // Same sockets as before: not "listening again".
         let same = wait_relistening(&before, || Some(pid), Duration::from_millis(30)).await;
-        assert_eq!(same, None);
+        assert_eq!(same, None, "the same sockets are not 'listening again'");
         drop(first);
-        let _second = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // std sets SO_REUSEADDR: the address is free again at once, as for sshd's re-exec.
+        let _second = std::net::TcpListener::bind(addr).unwrap();
         let again = wait_relistening(&before, || Some(pid), Duration::from_secs(2)).await;
-        assert!(again.is_some(), "a fresh listener counts");
+        assert!(again.is_some(), "a fresh socket on the same address counts");
     }
 }

@@ -71,6 +71,9 @@ pub struct OsLogin {
     edits: usize,
     /// The last switch found OS Login on and the package missing: each apply looks again.
     package_missing: bool,
+    /// A switch has run in this process: later ones run after the daemon told systemd it is
+    /// ready (the first runs in the start-up pass, before).
+    started: bool,
 }
 
 impl OsLogin {
@@ -108,6 +111,7 @@ impl OsLogin {
             abort_after,
             edits: 0,
             package_missing: false,
+            started: false,
         }
     }
 
@@ -443,7 +447,14 @@ impl OsLogin {
         }
     }
 
+    /// [`Self::switch`], marking the start-up pass over once it has run.
     async fn converge(&mut self, s: Settings) -> String {
+        let status = self.switch(s).await;
+        self.started = true;
+        status
+    }
+
+    async fn switch(&mut self, s: Settings) -> String {
         let probe = host::probe(&self.paths);
         let plan = plan(s, &probe, &self.paths);
         self.log_notes(&plan);
@@ -541,7 +552,10 @@ impl OsLogin {
             self.ca_due = None;
         }
         if changed_sshd || self.interrupted {
-            match host::reload_sshd(&self.paths).await {
+            // In the start-up pass under systemd, ssh.service's reload job waits for this
+            // daemon's start job (ordered Before=ssh.service): waiting for sshd would stall.
+            let wait = self.started || !host::systemd_running(&self.paths);
+            match host::reload_sshd(&self.paths, wait).await {
                 Ok(what) => info!("sshd reloaded: {what}"),
                 Err(e) => {
                     retry = true;
