@@ -425,9 +425,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         ));
         if detected.security_key {
-            eprintln!(
-                "gce-ssh: warning: enable-oslogin-sk is on: the instance accepts only security \
-                 keys, and gce-ssh's ephemeral key is not one"
+            // Stop before importing anything: the guest's google_authorized_keys_sk offers sshd
+            // only the profile's security keys, so an ephemeral key would be refused.
+            anyhow::bail!(
+                "instance {} accepts only security keys for OS Login (enable-oslogin-sk is on); \
+                 gce-ssh's ephemeral key is not one and would be refused, so nothing was \
+                 imported. Log in with ssh and a security key registered in the OS Login profile \
+                 of {email}",
+                info.name
             );
         }
         Some(email)

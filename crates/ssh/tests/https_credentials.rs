@@ -467,4 +467,19 @@ fn the_binary_imports_into_the_oslogin_profile_of_the_credentials_account() {
         "{err}"
     );
     assert_eq!(h.doc()["instance"]["attributes"].get("ssh-keys"), None);
+
+    // enable-oslogin-sk: the guest accepts only security keys; gce-ssh stops before importing.
+    h.set_instance_attribute("enable-oslogin-sk", "TRUE");
+    h.require_compute_token(Some("ya29.bare"));
+    let (code, err) = run(&[], &["--token", "ya29.bare"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("accepts only security keys") && err.contains("nothing was imported"),
+        "{err}"
+    );
+    assert_eq!(
+        h.oslogin_user("dev@example.com").unwrap().keys.len(),
+        1,
+        "no key imported"
+    );
 }
