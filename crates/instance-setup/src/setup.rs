@@ -67,7 +67,6 @@ impl Options {
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
-    pub boot: Option<Boot>,
     /// Key types made on this run.
     pub generated: Vec<String>,
     /// Configured key types that could not be made (the id stays unrecorded).
@@ -159,7 +158,6 @@ async fn host_keys(facts: &Facts, opts: &Options, report: &mut Report) {
         ),
         Boot::SameInstance => tracing::debug!(INSTANCE_ID = id, "same instance as recorded"),
     }
-    report.boot = Some(boot.clone());
 
     let mut keys_ok = true;
     if opts.set_host_keys {

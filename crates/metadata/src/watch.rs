@@ -206,15 +206,6 @@ impl<S: Source> Watcher<S> {
         &self.etag
     }
 
-    pub fn source(&self) -> &S {
-        &self.source
-    }
-
-    /// Whether a failure episode is in progress (logged as started, not yet as ended).
-    pub fn failing(&self) -> bool {
-        self.outage.is_some()
-    }
-
     fn sep(&self) -> char {
         if self.path.contains('?') { '&' } else { '?' }
     }
