@@ -5,6 +5,7 @@
 use super::Accounts;
 use crate::action::{Action, rank};
 use crate::decide::plan::LocalUsers as _;
+use crate::record::Origin;
 use crate::system::commands;
 use crate::system::key_files::{self, HomeError, Outcome};
 use gce_agent::cmd::CmdError;
@@ -203,10 +204,18 @@ impl Accounts {
             }
             Err(e @ HomeError::Refused { .. })
                 if lines.is_empty()
-                    && self.state.users.get(user).is_none_or(|u| u.keys.is_empty()) =>
+                    && local.uid < self.plan_cfg.uid_min
+                    && !self.plan_cfg.allowed_system_users.iter().any(|a| a == user)
+                    && self
+                        .state
+                        .users
+                        .get(user)
+                        .is_none_or(|u| u.origin == Origin::Adopted && u.keys.is_empty()) =>
             {
-                // Nothing of ours can be there: we never write into a home we refuse. (A user
-                // taken over from google_users, keys unknown, e.g. a system account.)
+                // A system account (taken over from Google's google_users) with a home that is
+                // not its own: we never manage such an account's keys, so nothing of ours is
+                // there, and retrying at every snapshot would change nothing. Any other user
+                // stays recorded and is retried: a marked key may be in a home refused today.
                 let msg = e.to_string();
                 self.warn_once(
                     format!("home:{user}:{msg}"),
