@@ -495,40 +495,28 @@ fn e2e_sigkill_during_applies_never_leaves_a_torn_authorized_keys() {
             assert_eq!(t.matches("# own line").count(), 1);
         }
     }
-    // One more write of every file sweeps the temp files the killed daemons left behind. Planted
-    // too: one of a writer that is gone (a pid above the kernel's limit) and one of a live
-    // writer (this test), which must stay.
-    let dead = "/home/u1/.ssh/.authorized_keys.tmp-4194305-0";
-    let live = format!(
-        "/home/u1/.ssh/.authorized_keys.tmp-{}-0",
-        std::process::id()
-    );
-    std::fs::write(dead, "half a key").unwrap();
-    std::fs::write(&live, "being written").unwrap();
+    // Leftovers are swept once untouched for ten minutes (a write takes milliseconds): planted,
+    // one abandoned (its mtime 11 minutes ago) and one as fresh as a write in progress, before a
+    // daemon starts and writes the file again.
+    w.kill_daemon();
+    let abandoned = "/home/u1/.ssh/.authorized_keys.tmp-4194305-0";
+    let fresh = "/home/u1/.ssh/.authorized_keys.tmp-4194305-1";
+    let f = std::fs::File::create(abandoned).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(660))
+        .unwrap();
+    std::fs::write(fresh, "being written").unwrap();
+    w.start_daemon();
     let next: Vec<String> = users.iter().map(|u| format!("{u}:{}", pubs[1])).collect();
     w.set_keys(&next.join("\n"));
-    for u in users {
-        let listing = || -> Vec<String> {
-            let mut names: Vec<String> = std::fs::read_dir(format!("/home/{u}/.ssh"))
-                .unwrap()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| Path::new(&format!("/home/{u}/.ssh/{n}")) != Path::new(&live))
-                .collect();
-            names.sort();
-            names
-        };
-        wait_until(Duration::from_secs(10), || {
-            read(&ak_path(u)).contains(blob(&pubs[1])) && listing() == ["authorized_keys"]
-        })
-        .unwrap_or_else(|| panic!("{u}: last keys and leftovers swept: {:?}", listing()));
-    }
-    assert!(Path::new(&live).exists(), "a live writer's temp file stays");
-    assert!(
-        w.log().contains("left by an interrupted write"),
-        "{}",
-        w.log()
-    );
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("u1")).contains(blob(&pubs[1])) && !Path::new(abandoned).exists()
+    })
+    .unwrap_or_else(|| panic!("abandoned temp file swept: {}", w.log()));
+    assert!(Path::new(fresh).exists(), "a fresh temp file stays");
+    wait_until(Duration::from_secs(5), || {
+        w.log().contains("left by an interrupted write")
+    })
+    .unwrap_or_else(|| panic!("the sweep is logged: {}", w.log()));
 }
 
 #[test]
