@@ -3,10 +3,21 @@
 //! Every call is a no-op without `NOTIFY_SOCKET`, and failures are logged at debug only: a
 //! daemon must keep working when started by hand, in a container, or under another init.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
+
+/// `READY=1` sent and no reload or stop begun since.
+static SETTLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this daemon has told its service manager it is ready and is not reloading or
+/// stopping: while it is not, systemd holds back jobs of units ordered after ours (their reload
+/// of `ssh.service`, for one), so waiting for such a job would stall.
+pub fn settled() -> bool {
+    SETTLED.load(Ordering::Relaxed)
+}
 
 fn send(state: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(state) {
@@ -17,6 +28,7 @@ fn send(state: &[NotifyState<'_>]) {
 /// `READY=1`: initial setup is done (config loaded, first snapshot applied or attempted).
 pub fn ready() {
     send(&[NotifyState::Ready]);
+    SETTLED.store(true, Ordering::Relaxed);
 }
 
 /// `STATUS=…`: one line shown by `systemctl status`.
@@ -26,12 +38,14 @@ pub fn status(text: &str) {
 
 /// `STOPPING=1`: shutdown has begun.
 pub fn stopping() {
+    SETTLED.store(false, Ordering::Relaxed);
     send(&[NotifyState::Stopping]);
 }
 
 /// `RELOADING=1` plus the `MONOTONIC_USEC` systemd ≥ 253 requires with it; send [`ready`] when
 /// the reload is done.
 pub fn reloading() {
+    SETTLED.store(false, Ordering::Relaxed);
     match sd_notify::NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(e) => {

@@ -298,6 +298,7 @@ pub async fn reload_sshd(paths: &Paths, wait: bool) -> Result<String, HostError>
         .as_ref()
         .map(|&pid| listeners::listen_table(pid))
         .unwrap_or_default();
+    let mut socket_held = false;
     let what = if systemd_running(paths) {
         let units = loaded_units(&["ssh.service", "sshd.service"]).await?;
         if units.is_empty() {
@@ -306,6 +307,10 @@ pub async fn reload_sshd(paths: &Paths, wait: bool) -> Result<String, HostError>
         let mut a = vec!["systemctl", "--no-block", "try-reload-or-restart"];
         a.extend(units.iter().map(String::as_str));
         cmd::run(&argv(&a), &RunOpts::with_timeout(SYSTEMCTL_TIMEOUT)).await?;
+        // Socket activation (Ubuntu's ssh.socket): systemd holds the listening socket across
+        // sshd's re-exec, so connections queue instead of being refused, and nothing changes
+        // that could be waited for.
+        socket_held = wait && !before.is_empty() && socket_activated().await;
         format!("systemctl try-reload-or-restart {}", units.join(" "))
     } else {
         let pid = match running {
@@ -329,6 +334,9 @@ pub async fn reload_sshd(paths: &Paths, wait: bool) -> Result<String, HostError>
     if !wait {
         return Ok(format!("{what} (runs once this daemon has started)"));
     }
+    if socket_held {
+        return Ok(format!("{what} (ssh.socket holds the listener)"));
+    }
     let again =
         listeners::wait_relistening(&before, || running_sshd(paths).ok(), RELISTEN_TIMEOUT).await;
     Ok(match again {
@@ -338,6 +346,20 @@ pub async fn reload_sshd(paths: &Paths, wait: bool) -> Result<String, HostError>
             RELISTEN_TIMEOUT.as_secs()
         ),
     })
+}
+
+/// Whether an ssh socket unit is active (`systemctl is-active` is true when any is).
+async fn socket_activated() -> bool {
+    let a = [
+        "systemctl",
+        "is-active",
+        "--quiet",
+        "ssh.socket",
+        "sshd.socket",
+    ];
+    cmd::run(&argv(&a), &RunOpts::with_timeout(SYSTEMCTL_TIMEOUT))
+        .await
+        .is_ok()
 }
 
 /// The pid of the running sshd from its pid file, or why there is none. A stale pid file must

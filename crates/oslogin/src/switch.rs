@@ -71,9 +71,6 @@ pub struct OsLogin {
     edits: usize,
     /// The last switch found OS Login on and the package missing: each apply looks again.
     package_missing: bool,
-    /// A switch has run in this process: later ones run after the daemon told systemd it is
-    /// ready (the first runs in the start-up pass, before).
-    started: bool,
 }
 
 impl OsLogin {
@@ -111,7 +108,6 @@ impl OsLogin {
             abort_after,
             edits: 0,
             package_missing: false,
-            started: false,
         }
     }
 
@@ -447,14 +443,7 @@ impl OsLogin {
         }
     }
 
-    /// [`Self::switch`], marking the start-up pass over once it has run.
     async fn converge(&mut self, s: Settings) -> String {
-        let status = self.switch(s).await;
-        self.started = true;
-        status
-    }
-
-    async fn switch(&mut self, s: Settings) -> String {
         let probe = host::probe(&self.paths);
         let plan = plan(s, &probe, &self.paths);
         self.log_notes(&plan);
@@ -552,9 +541,10 @@ impl OsLogin {
             self.ca_due = None;
         }
         if changed_sshd || self.interrupted {
-            // In the start-up pass under systemd, ssh.service's reload job waits for this
-            // daemon's start job (ordered Before=ssh.service): waiting for sshd would stall.
-            let wait = self.started || !host::systemd_running(&self.paths);
+            // Under systemd, until this daemon is ready (and while it reloads), ssh.service's
+            // reload job waits for our job (we are ordered Before=ssh.service): waiting for
+            // sshd then would stall.
+            let wait = gce_agent::notify::settled() || !host::systemd_running(&self.paths);
             match host::reload_sshd(&self.paths, wait).await {
                 Ok(what) => info!("sshd reloaded: {what}"),
                 Err(e) => {
