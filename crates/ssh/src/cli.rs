@@ -87,6 +87,10 @@ pub struct Args {
     /// Push the key to instance metadata even where OS Login is on.
     #[arg(long)]
     pub no_oslogin: bool,
+    /// Import the ephemeral key although the instance accepts only security keys
+    /// (enable-oslogin-sk): a guest without google_authorized_keys_sk falls back to ordinary keys.
+    #[arg(long)]
+    pub ignore_oslogin_sk: bool,
     /// The OS Login account (an email) whose profile receives the key (default: the account of
     /// the credentials). Env: GCE_SSH_ACCOUNT.
     #[arg(long, env = "GCE_SSH_ACCOUNT")]

@@ -424,15 +424,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 _ => "on in metadata",
             }
         ));
-        if detected.security_key {
+        if detected.security_key && !args.ignore_oslogin_sk {
             // Stop before importing anything: the guest's google_authorized_keys_sk offers sshd
             // only the profile's security keys, so an ephemeral key would be refused.
             anyhow::bail!(
                 "instance {} accepts only security keys for OS Login (enable-oslogin-sk is on); \
                  gce-ssh's ephemeral key is not one and would be refused, so nothing was \
                  imported. Log in with ssh and a security key registered in the OS Login profile \
-                 of {email}",
+                 of {email}, or pass --ignore-oslogin-sk if the guest lacks \
+                 google_authorized_keys_sk (it then accepts ordinary keys)",
                 info.name
+            );
+        } else if detected.security_key {
+            eprintln!(
+                "gce-ssh: warning: enable-oslogin-sk is on; importing an ordinary key anyway \
+                 (--ignore-oslogin-sk)"
             );
         }
         Some(email)

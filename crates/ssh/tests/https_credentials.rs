@@ -482,4 +482,9 @@ fn the_binary_imports_into_the_oslogin_profile_of_the_credentials_account() {
         1,
         "no key imported"
     );
+    // --ignore-oslogin-sk: imported anyway, with a warning.
+    let (code, err) = run(&[], &["--token", "ya29.bare", "--ignore-oslogin-sk"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("importing an ordinary key anyway"), "{err}");
+    assert_eq!(h.oslogin_user("dev@example.com").unwrap().keys.len(), 2);
 }
