@@ -258,6 +258,67 @@ fn e2e_expired_key_is_refused_within_a_second_with_the_metadata_server_stopped()
         .unwrap_or_else(|| panic!("removal logged: {}", w.log()));
 }
 
+/// A user leaving metadata loses the sudo that metadata gave even when the keys cannot be
+/// removed (a home that is no longer the user's); the key stays recorded and goes at the next
+/// pass after the home is fixed, even an incremental one about another user.
+#[test]
+fn e2e_leaving_user_with_a_refused_home_loses_sudo_and_the_key_goes_once_it_is_fixed() {
+    if !sandbox("e2e_leaving_user_with_a_refused_home_loses_sudo_and_the_key_goes_once_it_is_fixed")
+    {
+        return;
+    }
+    let w = World::new("");
+    let keys = temp_dir("keys");
+    let (_k, p) = keypair(&keys, "hank");
+    let (_k2, p2) = keypair(&keys, "ivy");
+    w.set_keys(&format!("hank:{p}"));
+    wait_until(Duration::from_secs(10), || {
+        read(&ak_path("hank")).contains(blob(&p))
+    })
+    .expect("key installed");
+    assert!(sudoer_becomes("hank", true), "sudo granted");
+    // The home stops being hank's: the daemon refuses to write there.
+    let chown = |owner: &str| {
+        assert!(
+            Command::new("chown")
+                .args([owner, "/home/hank"])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    chown("root");
+    w.set_keys("");
+    assert!(
+        sudoer_becomes("hank", false),
+        "sudo taken away although the keys could not be: {}",
+        w.log()
+    );
+    assert!(
+        read(&ak_path("hank")).contains(blob(&p)),
+        "key left: home refused"
+    );
+    let state_file = Path::new("/var/lib/google/gce-accounts-state.json");
+    let state: serde_json::Value = serde_json::from_str(&read(state_file)).unwrap();
+    assert!(!state["users"]["hank"].is_null(), "still recorded: {state}");
+    assert!(w.log().contains("is not usable"), "{}", w.log());
+    // Fixed: the next pass, though its change is another user's, removes the key (hank's
+    // record stays, keyless: a created account kept with deprovision_remove=false).
+    chown("hank");
+    w.set_keys(&format!("ivy:{p2}"));
+    wait_until(Duration::from_secs(10), || {
+        let state: serde_json::Value = serde_json::from_str(&read(state_file)).unwrap_or_default();
+        !read(&ak_path("hank")).contains(blob(&p))
+            && state["users"]["hank"]["keys"] == serde_json::json!([])
+            && state["users"]["hank"]["in_sudoers"] == false
+    })
+    .unwrap_or_else(|| panic!("key removed once the home is fixed: {}", w.log()));
+    assert!(
+        user_exists("hank"),
+        "deprovision_remove=false keeps the account"
+    );
+}
+
 #[test]
 fn e2e_symlinked_ssh_dir_pointing_at_a_root_file_is_left_untouched() {
     if !sandbox("e2e_symlinked_ssh_dir_pointing_at_a_root_file_is_left_untouched") {

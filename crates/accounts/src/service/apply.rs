@@ -102,7 +102,14 @@ impl Accounts {
         let mut changed = false;
         let mut created_now = false;
         let mut created = created;
+        // Set when the keys could not be written: the user stays recorded so the write is tried
+        // again, and of the rest only a removal from the sudoers group still runs (sudo granted
+        // through metadata goes with the user, whatever state the home is in).
+        let mut keys_failed = false;
         for action in actions {
+            if keys_failed && !matches!(action, Action::RemoveFromSudoers { .. }) {
+                continue;
+            }
             let ok = match action {
                 Action::CreateUser { .. } => {
                     let Some(res) = created.take() else {
@@ -172,10 +179,19 @@ impl Accounts {
                     true
                 }
             };
+            if matches!(action, Action::WriteKeys { .. }) {
+                if ok {
+                    self.keys_pending.remove(user);
+                } else {
+                    self.keys_pending.insert(user.to_string());
+                }
+            }
             if ok {
                 self.state.record(action);
                 changed = true;
-            } else if matches!(action, Action::WriteKeys { .. } | Action::DeleteUser { .. }) {
+            } else if matches!(action, Action::WriteKeys { .. }) {
+                keys_failed = true;
+            } else if matches!(action, Action::DeleteUser { .. }) {
                 // Keep the user in the state so the step is tried again; skip the rest.
                 break;
             }

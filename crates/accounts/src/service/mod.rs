@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use gce_agent::config::{self, Config};
 use gce_agent::daemon::Service;
 use gce_metadata::{Client, Root, Snapshot};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
@@ -86,6 +86,9 @@ pub struct Accounts {
     google_users_written: Option<String>,
     /// When the current pass began (for the debug timings).
     pass_started: std::time::Instant,
+    /// Users whose keys could not be written (a refused home): planned again at every pass,
+    /// also an incremental one whose changes are elsewhere.
+    keys_pending: BTreeSet<String>,
 }
 
 impl Accounts {
@@ -135,6 +138,7 @@ impl Accounts {
             oslogin: OsLoginSettings::default(),
             google_users_written: None,
             pass_started: std::time::Instant::now(),
+            keys_pending: BTreeSet::new(),
         }
     }
 
@@ -191,7 +195,10 @@ impl Accounts {
         let inputs = Inputs::of(&root.instance.attributes, &root.project.attributes);
         let mut cached = self.desired.take();
         let dirty = match (&self.inputs, cached.as_mut()) {
-            (Some(prev), Some(d)) => delta::update(prev, d, &inputs, now),
+            (Some(prev), Some(d)) => delta::update(prev, d, &inputs, now).map(|mut users| {
+                users.extend(self.keys_pending.iter().cloned());
+                users
+            }),
             _ => None,
         };
         let desired = match (&dirty, cached) {
