@@ -56,10 +56,10 @@ pub fn sweep(dir: BorrowedFd<'_>, prefix: &str) -> Vec<String> {
     if !due(dir, prefix) {
         return Vec::new();
     }
-    sweep_now(dir, prefix, SystemTime::now())
+    sweep_now(dir, prefix)
 }
 
-fn sweep_now(dir: BorrowedFd<'_>, prefix: &str, now: SystemTime) -> Vec<String> {
+fn sweep_now(dir: BorrowedFd<'_>, prefix: &str) -> Vec<String> {
     // A second descriptor for listing, so the caller's keeps its own offset.
     let Ok(list) = nix::dir::Dir::openat(
         dir,
@@ -75,7 +75,7 @@ fn sweep_now(dir: BorrowedFd<'_>, prefix: &str, now: SystemTime) -> Vec<String> 
         .filter_map(|e| e.file_name().to_str().ok().map(str::to_string))
         .filter(|n| is_temp_name(n, prefix))
         .collect();
-    let cutoff = now
+    let cutoff = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .saturating_sub(ABANDONED_AFTER)

@@ -298,8 +298,8 @@ pub async fn reload_sshd(paths: &Paths, wait: bool) -> Result<String, HostError>
         .as_ref()
         .map(|&pid| listeners::listen_table(pid))
         .unwrap_or_default();
-    let mut socket_held = false;
-    let what = if systemd_running(paths) {
+    let systemd = systemd_running(paths);
+    let what = if systemd {
         let units = loaded_units(&["ssh.service", "sshd.service"]).await?;
         if units.is_empty() {
             return Ok("no ssh unit loaded".into());
@@ -307,10 +307,6 @@ pub async fn reload_sshd(paths: &Paths, wait: bool) -> Result<String, HostError>
         let mut a = vec!["systemctl", "--no-block", "try-reload-or-restart"];
         a.extend(units.iter().map(String::as_str));
         cmd::run(&argv(&a), &RunOpts::with_timeout(SYSTEMCTL_TIMEOUT)).await?;
-        // Socket activation (Ubuntu's ssh.socket): systemd holds the listening socket across
-        // sshd's re-exec, so connections queue instead of being refused, and nothing changes
-        // that could be waited for.
-        socket_held = wait && !before.is_empty() && socket_activated().await;
         format!("systemctl try-reload-or-restart {}", units.join(" "))
     } else {
         let pid = match running {
@@ -334,7 +330,10 @@ pub async fn reload_sshd(paths: &Paths, wait: bool) -> Result<String, HostError>
     if !wait {
         return Ok(format!("{what} (runs once this daemon has started)"));
     }
-    if socket_held {
+    // Socket activation (Ubuntu's ssh.socket): systemd holds the listening socket across
+    // sshd's re-exec, so connections queue instead of being refused, and nothing changes that
+    // could be waited for.
+    if systemd && socket_activated().await {
         return Ok(format!("{what} (ssh.socket holds the listener)"));
     }
     let again =

@@ -5,6 +5,7 @@
 use super::Accounts;
 use crate::action::{Action, rank};
 use crate::decide::plan::LocalUsers as _;
+use crate::names::is_reserved;
 use crate::record::Origin;
 use crate::system::commands;
 use crate::system::key_files::{self, HomeError, Outcome};
@@ -220,8 +221,12 @@ impl Accounts {
             }
             Err(e @ HomeError::Refused { .. })
                 if lines.is_empty()
-                    && local.uid < self.plan_cfg.uid_min
-                    && !self.plan_cfg.allowed_system_users.iter().any(|a| a == user)
+                    && is_reserved(
+                        user,
+                        Some(local.uid),
+                        self.plan_cfg.uid_min,
+                        &self.plan_cfg.allowed_system_users,
+                    )
                     && self
                         .state
                         .users
