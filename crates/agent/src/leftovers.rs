@@ -20,8 +20,11 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 /// A temp file untouched this long is a leftover.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(600);
 
-/// When each (device, inode, prefix) was last swept by this process.
-static LAST_SWEEP: Mutex<Option<HashMap<(u64, u64, String), Instant>>> = Mutex::new(None);
+/// A directory (device, inode) and the temp-name prefix swept in it.
+type SweepKey = (u64, u64, String);
+
+/// When each directory and prefix was last swept by this process.
+static LAST_SWEEP: Mutex<Option<HashMap<SweepKey, Instant>>> = Mutex::new(None);
 
 /// Whether `entry` is a temp name [`crate::fs`] makes for `prefix` (`.NAME.tmp-`): `PID-N`.
 pub fn is_temp_name(entry: &str, prefix: &str) -> bool {
@@ -37,7 +40,7 @@ fn due(dir: BorrowedFd<'_>, prefix: &str) -> bool {
     let Ok(st) = fstat(dir) else {
         return false;
     };
-    let key = (st.st_dev as u64, st.st_ino as u64, prefix.to_string());
+    let key = (st.st_dev, st.st_ino, prefix.to_string());
     let mut last = LAST_SWEEP.lock().unwrap_or_else(|e| e.into_inner());
     let map = last.get_or_insert_with(HashMap::new);
     let now = Instant::now();
